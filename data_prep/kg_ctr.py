@@ -1,0 +1,275 @@
+"""Builder for KG-aware CTR datasets in the KGCN/MKR three-file layout.
+
+Inputs (one directory):
+
+* a ratings or listening file: ``user<sep>item<sep>rating`` (Last.FM's
+  ``user_artists.dat``; the Book-Crossing or MovieLens files released with KGCN
+  and MKR fit too, with their separator and a positive threshold);
+* ``item_index2entity_id.txt``: ``item<TAB>entity``, one line per item that has a
+  KG entity; only these items are kept, in this order;
+* ``kg.txt``: ``head<TAB>relation<TAB>tail``.
+
+Protocol (MODELS.md, "CTR on Last.FM-KG", the KGCN paper's preprocessing):
+ratings ``>= positive_threshold`` are positives. For each user, draw
+``negatives_per_positive`` negatives per positive, uniformly and without
+replacement, from the items the user has no rating for at all. The labelled
+pairs are split at random by ``split`` (train/eval/test fractions). Entities are
+indexed items first (item ``i`` is entity ``i``), then the other KG entities in
+order of first appearance. A seed fixes negatives and split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dgl
+import numpy as np
+import torch
+
+from data_prep.parsing import read_columns
+from data_prep.sources import PUBLIC_DATASETS, resolve_raw_dir, sha256_of, verify
+from dglrec.data import KGRecDataset
+from dglrec.errors import ConfigError, DataFormatError
+
+# Bump when the processed output changes for the same inputs, to invalidate caches.
+BUILDER_VERSION = 1
+
+ITEM_ENTITY_FILE = "item_index2entity_id.txt"
+KG_FILE = "kg.txt"
+
+
+@dataclass(frozen=True)
+class CTRProtocol:
+    """What, besides the raw files, determines the processed dataset."""
+
+    dataset: str = "lastfm-kg"
+    ratings_file: str = "user_artists.dat"
+    ratings_sep: str = "\t"
+    ratings_header: bool = True
+    positive_threshold: float = 0.0
+    negatives_per_positive: int = 1
+    split: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    seed: int = 42
+    extra: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        train, eval_, test = self.split
+        return (
+            f"ctr: ratings>={self.positive_threshold:g} positive; "
+            f"{self.negatives_per_positive}:1 negatives uniform over the user's unrated items; "
+            f"random split {train:g}/{eval_:g}/{test:g}; seed {self.seed}"
+        )
+
+
+def _validate(protocol: CTRProtocol) -> None:
+    if len(protocol.split) != 3 or any(f < 0 for f in protocol.split):
+        raise ConfigError(f"data.split must be three non-negative fractions, got {protocol.split}")
+    if abs(sum(protocol.split) - 1.0) > 1e-6:
+        raise ConfigError(f"data.split must sum to 1, got {list(protocol.split)}")
+    if protocol.negatives_per_positive < 1:
+        raise ConfigError("data.negatives_per_positive must be >= 1")
+
+
+def cache_key(protocol: CTRProtocol, checksums: dict[str, str]) -> str:
+    payload = {
+        "builder": BUILDER_VERSION,
+        "protocol": {k: v for k, v in protocol.__dict__.items() if k != "extra"},
+        "checksums": checksums,
+    }
+    blob = json.dumps(payload, sort_keys=True, default=list).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def input_checksums(protocol: CTRProtocol, raw_dir: Path) -> dict[str, str]:
+    """SHA-256 of the three inputs; enforced against the published ones for public datasets."""
+    if protocol.dataset in PUBLIC_DATASETS:
+        return verify(protocol.dataset, raw_dir)
+    checksums = {}
+    for name in (protocol.ratings_file, ITEM_ENTITY_FILE, KG_FILE):
+        path = raw_dir / name
+        if not path.is_file():
+            raise DataFormatError(f"{path}: no such file (the three-file KG layout needs it)")
+        checksums[name] = sha256_of(path)
+    return checksums
+
+
+def _index(values: list[str], start: dict[str, int] | None = None) -> tuple[dict[str, int], np.ndarray]:
+    """Map raw ids to consecutive indices in order of first appearance."""
+    mapping = dict(start or {})
+    out = np.empty(len(values), dtype=np.int64)
+    for pos, value in enumerate(values):
+        out[pos] = mapping.setdefault(value, len(mapping))
+    return mapping, out
+
+
+def sample_negatives(
+    rated: np.ndarray,
+    n_negatives: np.ndarray,
+    rng: np.random.Generator,
+    users_per_chunk: int = 4096,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw negatives for every user, uniformly without replacement from unrated items.
+
+    Vectorised over a chunk of users: every (user, item) gets a uniform random key,
+    rated items get +inf, and each user keeps the items with its smallest keys.
+
+    Args:
+        rated: ``[n_users, n_items]`` bool, True where the user rated the item.
+        n_negatives: ``[n_users]`` how many to draw; clipped to the unrated count.
+        rng: the seeded generator.
+
+    Returns:
+        ``(users, items)`` of the drawn negative pairs.
+    """
+    n_users, n_items = rated.shape
+    n_negatives = np.minimum(n_negatives, n_items - rated.sum(1))
+    users_out, items_out = [], []
+    for start in range(0, n_users, users_per_chunk):
+        block = rated[start : start + users_per_chunk]
+        keys = rng.random(block.shape)
+        keys[block] = np.inf
+        order = np.argsort(keys, axis=1, kind="stable")
+        take = np.arange(n_items)[None, :] < n_negatives[start : start + len(block), None]
+        rows, cols = np.nonzero(take)
+        users_out.append(rows + start)
+        items_out.append(order[rows, cols])
+    return np.concatenate(users_out), np.concatenate(items_out)
+
+
+def build(protocol: CTRProtocol, raw_dir: Path, checksums: dict[str, str]) -> KGRecDataset:
+    """Parse the three files and apply the CTR protocol."""
+    _validate(protocol)
+    item_raw, entity_of_item_raw = read_columns(raw_dir / ITEM_ENTITY_FILE, (str, str))
+    heads, relations, tails = read_columns(raw_dir / KG_FILE, (str, str, str))
+    users_raw, items_of_rating, ratings = read_columns(
+        raw_dir / protocol.ratings_file,
+        (str, str, float),
+        sep=protocol.ratings_sep,
+        header=protocol.ratings_header,
+    )
+    if len(set(item_raw)) != len(item_raw):
+        raise DataFormatError(f"{raw_dir / ITEM_ENTITY_FILE}: an item id appears twice")
+
+    # Entities: items first, in file order, so item i is entity i.
+    entity_index, item_entity = _index(entity_of_item_raw)
+    entity_index, head_idx = _index(heads, entity_index)
+    entity_index, tail_idx = _index(tails, entity_index)
+    relation_index, rel_idx = _index(relations)
+
+    item_index = {raw: i for i, raw in enumerate(item_raw)}
+    n_items = len(item_index)
+    rating_item = np.array([item_index.get(i, -1) for i in items_of_rating], dtype=np.int64)
+    rating_value = np.asarray(ratings, dtype=np.float64)
+    keep = rating_item >= 0
+    is_positive = keep & (rating_value >= protocol.positive_threshold)
+
+    # Users: those with at least one positive, in order of first appearance.
+    users_arr = np.asarray(users_raw, dtype=object)
+    user_index, _ = _index(list(users_arr[is_positive]))
+    rating_user = np.array([user_index.get(u, -1) for u in users_raw], dtype=np.int64)
+    keep &= rating_user >= 0
+    is_positive &= keep
+    n_users = len(user_index)
+
+    rated = np.zeros((n_users, n_items), dtype=bool)
+    rated[rating_user[keep], rating_item[keep]] = True
+    positive = np.zeros((n_users, n_items), dtype=bool)
+    positive[rating_user[is_positive], rating_item[is_positive]] = True
+    pos_users, pos_items = np.nonzero(positive)
+
+    rng_negatives = np.random.default_rng([protocol.seed, 0])
+    rng_split = np.random.default_rng([protocol.seed, 1])
+    n_neg = positive.sum(1) * protocol.negatives_per_positive
+    neg_users, neg_items = sample_negatives(rated, n_neg, rng_negatives)
+
+    pairs = np.concatenate(
+        [
+            np.stack([pos_users, pos_items, np.ones_like(pos_users)], 1),
+            np.stack([neg_users, neg_items, np.zeros_like(neg_users)], 1),
+        ]
+    )
+    order = rng_split.permutation(len(pairs))
+    n_eval = int(len(pairs) * protocol.split[1])
+    n_test = int(len(pairs) * protocol.split[2])
+    splits = {
+        "eval": pairs[order[:n_eval]],
+        "test": pairs[order[n_eval : n_eval + n_test]],
+        "train": pairs[order[n_eval + n_test :]],
+    }
+    splits = {name: torch.from_numpy(np.ascontiguousarray(p)) for name, p in splits.items()}
+
+    train = splits["train"]
+    train_pos = train[train[:, 2] == 1]
+    item_entity_t = torch.from_numpy(item_entity)
+    n_entities = len(entity_index)
+    head_t, tail_t, rel_t = map(torch.from_numpy, (head_idx, tail_idx, rel_idx))
+    graph = dgl.heterograph(
+        {
+            ("user", "interacts", "entity"): (train_pos[:, 0], item_entity_t[train_pos[:, 1]]),
+            ("entity", "interacted_by", "user"): (item_entity_t[train_pos[:, 1]], train_pos[:, 0]),
+            ("entity", "kg", "entity"): (torch.cat([head_t, tail_t]), torch.cat([tail_t, head_t])),
+        },
+        num_nodes_dict={"user": n_users, "entity": n_entities},
+    )
+    graph.edges["kg"].data["rel"] = torch.cat([rel_t, rel_t])
+    graph.edges["kg"].data["inverse"] = torch.cat(
+        [torch.zeros_like(rel_t, dtype=torch.uint8), torch.ones_like(rel_t, dtype=torch.uint8)]
+    )
+
+    stats = {
+        "users": n_users,
+        "items": n_items,
+        "entities": n_entities,
+        "relations": len(relation_index),
+        "triples": len(heads),
+        "positives": int(positive.sum()),
+        "labelled_pairs": int(len(pairs)),
+        "train": len(splits["train"]),
+        "eval": len(splits["eval"]),
+        "test": len(splits["test"]),
+    }
+    meta = {
+        "dataset": protocol.dataset,
+        "protocol": protocol.describe(),
+        "protocol_params": {k: v for k, v in protocol.__dict__.items() if k != "extra"},
+        "seed": protocol.seed,
+        "checksums": checksums,
+        "builder_version": BUILDER_VERSION,
+        "stats": stats,
+        "relation_names": sorted(relation_index, key=relation_index.get),
+        "user_raw_ids": sorted(user_index, key=user_index.get),
+        "item_raw_ids": list(item_raw),
+        "created_unix": int(time.time()),
+    }
+    return KGRecDataset(graph, splits, item_entity_t, meta)
+
+
+def prepare(
+    protocol: CTRProtocol,
+    raw_dir: str | Path | None = None,
+    out_root: str | Path | None = None,
+    mirror: str | None = None,
+    log=print,
+) -> tuple[KGRecDataset, Path]:
+    """Build the dataset, or load it from the cache when inputs and protocol match.
+
+    Returns the dataset and the directory it is stored in.
+    """
+    from data_prep.sources import data_home
+
+    raw = resolve_raw_dir(protocol.dataset, raw_dir, mirror=mirror)
+    checksums = input_checksums(protocol, raw)
+    root = Path(out_root) if out_root else data_home() / "processed"
+    directory = root / protocol.dataset / cache_key(protocol, checksums)
+    if KGRecDataset.exists(directory):
+        log(f"using cached {protocol.dataset} at {directory}")
+        return KGRecDataset.load(directory), directory
+    log(f"building {protocol.dataset} from {raw}")
+    dataset = build(protocol, raw, checksums)
+    dataset.meta["raw_dir"] = str(raw)
+    dataset.save(directory)
+    return dataset, directory

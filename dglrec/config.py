@@ -1,0 +1,290 @@
+"""Recipes: TOML files resolved into typed dataclasses.
+
+Resolution order, later wins: dataclass defaults < the recipe file < ``--set
+section.key=value`` overrides < ``--seed``. Every section is a dataclass; the
+``[model]`` section is checked against the hyper-parameters of the model named
+by ``model.name`` (the keyword arguments of its constructor). Unknown keys and
+values of the wrong type raise :class:`~dglrec.errors.ConfigError` naming the key
+and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from dglrec.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """``[data]``: which dataset, and the CTR protocol applied to it."""
+
+    name: str = "lastfm-kg"
+    # Directory holding the three files; empty: $DGLREC_RAW_DIR/<name>/ or a download.
+    raw_dir: str = ""
+    ratings_file: str = "user_artists.dat"
+    ratings_sep: str = "\t"
+    ratings_header: bool = True
+    # Ratings >= this are positives (0 for Last.FM play counts, e.g. 4 for MovieLens).
+    positive_threshold: float = 0.0
+    negatives_per_positive: int = 1
+    split: list[float] = field(default_factory=lambda: [0.6, 0.2, 0.2])
+    # Seed of negatives and split; unset: the run's seed.
+    split_seed: int | None = None
+
+
+@dataclass
+class SamplerConfig:
+    """``[sampler]``: how each item's KG neighbourhood is drawn."""
+
+    # "uniform": KGCN's fixed-size sample of n_neighbors per node (with replacement
+    # only where the degree is below n_neighbors); "full": all neighbours
+    # (dgl.dataloading.MultiLayerFullNeighborSampler).
+    kind: Literal["uniform", "full"] = "uniform"
+    n_neighbors: int = 8
+
+
+@dataclass
+class TrainConfig:
+    """``[train]``: the optimisation loop."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 5e-4
+    # Weight of the L2 penalty on the embeddings and weights a batch touches.
+    l2: float = 1e-4
+    # Stop after this many epochs without a better eval metric; 0 never stops early.
+    patience: int = 0
+    device: str = "cpu"
+
+
+@dataclass
+class EvalConfig:
+    """``[eval]``: metrics and epoch selection."""
+
+    batch_size: int = 4096
+    threshold: float = 0.5
+    # The eval-split metric that selects the best epoch (never a test metric).
+    select_metric: Literal["auc", "acc", "f1"] = "auc"
+
+
+@dataclass
+class TrackingConfig:
+    """``[tracking]``: MLflow. The store comes from MLFLOW_TRACKING_URI, else ./mlruns."""
+
+    # MLflow experiment; empty: the dataset name.
+    experiment: str = ""
+    run_name: str = ""
+    log_model: bool = True
+
+
+@dataclass
+class RecipeConfig:
+    seed: int = 42
+    data: DataConfig = field(default_factory=DataConfig)
+    model: dict[str, Any] = field(default_factory=lambda: {"name": "kgcn"})
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    @property
+    def model_name(self) -> str:
+        return self.model["name"]
+
+    @property
+    def model_kwargs(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model.items() if k != "name"}
+
+    @property
+    def data_seed(self) -> int:
+        return self.seed if self.data.split_seed is None else self.data.split_seed
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """``{"train.lr": 5e-4, ...}``: the form logged as MLflow params."""
+        out: dict[str, Any] = {}
+        for key, value in self.to_dict().items():
+            if isinstance(value, dict):
+                out.update({f"{key}.{k}": v for k, v in value.items()})
+            else:
+                out[key] = value
+        return out
+
+    def to_toml(self) -> str:
+        """The resolved recipe as TOML (None values are left out)."""
+        lines = [f"seed = {_toml_value(self.seed)}"]
+        for key, value in self.to_dict().items():
+            if isinstance(value, dict):
+                lines.append(f"\n[{key}]")
+                lines += [f"{k} = {_toml_value(v)}" for k, v in value.items() if v is not None]
+        return "\n".join(lines) + "\n"
+
+
+SECTIONS = {f.name: f for f in dataclasses.fields(RecipeConfig)}
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\t", "\\t") + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        (inner,) = typing.get_args(tp)
+        return f"a list of {_type_name(inner)}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+    elif origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return coerce(value, option, key)
+            except ConfigError:
+                continue
+    elif origin is list:
+        (inner,) = typing.get_args(tp)
+        if isinstance(value, list | tuple):
+            return [coerce(v, inner, key) for v in value]
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(value, tp):
+        return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _unknown(key: str, allowed: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], allowed, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"unknown key {key!r}{hint}; allowed: {', '.join(sorted(allowed))}")
+
+
+def build_section(cls: type, values: dict[str, Any], section: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise _unknown(f"{section}.{key}", names)
+        kwargs[key] = coerce(value, hints[key], f"{section}.{key}")
+    return cls(**kwargs)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"train.lr=1e-3"`` -> ``("train.lr", 0.001)``; values are TOML, bare words are strings."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected section.key=value")
+    key, raw = (part.strip() for part in item.split("=", 1))
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        key, value = parse_override(item)
+        parts = key.split(".")
+        if len(parts) == 1:
+            raw[key] = value
+        elif len(parts) == 2:
+            raw.setdefault(parts[0], {})
+            if not isinstance(raw[parts[0]], dict):
+                raise ConfigError(f"--set {key}: {parts[0]!r} is not a section")
+            raw[parts[0]][parts[1]] = value
+        else:
+            raise ConfigError(f"--set {key}: expected section.key=value")
+    return raw
+
+
+def resolve(raw: dict[str, Any]) -> RecipeConfig:
+    """Turn a parsed recipe dict into a validated :class:`RecipeConfig`."""
+    from dglrec.registry import model_hparams
+
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in SECTIONS:
+            raise _unknown(key, list(SECTIONS))
+        if key == "seed":
+            kwargs["seed"] = coerce(value, int, "seed")
+        elif not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a [{key}] table, got {value!r}")
+        elif key == "model":
+            continue
+        else:
+            section_type = typing.get_type_hints(RecipeConfig)[key]
+            kwargs[key] = build_section(section_type, value, key)
+
+    model = dict(raw.get("model", {"name": "kgcn"}))
+    name = model.get("name")
+    hparams = model_hparams(name)  # raises ConfigError naming model.name
+    resolved = {"name": name}
+    for key, value in model.items():
+        if key == "name":
+            continue
+        if key not in hparams:
+            raise _unknown(f"model.{key}", ["name", *hparams])
+        resolved[key] = coerce(value, hparams[key][0], f"model.{key}")
+    for key, (_, default) in hparams.items():
+        resolved.setdefault(key, default)
+    kwargs["model"] = resolved
+    return RecipeConfig(**kwargs)
+
+
+def load_recipe(
+    path: str | Path | None,
+    overrides: list[str] | None = None,
+    seed: int | None = None,
+) -> RecipeConfig:
+    """Read a recipe file, apply ``--set`` overrides and ``--seed``, and validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such recipe") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    raw = apply_overrides(raw, list(overrides or []))
+    if seed is not None:
+        raw["seed"] = seed
+    try:
+        return resolve(raw)
+    except ConfigError as exc:
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}{exc}") from None

@@ -1,0 +1,148 @@
+"""Recipe -> config -> dataset, model, sampler -> trainer -> MLflow, in one place.
+
+``dglrec fit`` and ``dglrec evaluate`` are thin wrappers around :func:`fit` and
+:func:`evaluate`; tests and benchmarks call :func:`build` directly.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from data_prep.kg_ctr import CTRProtocol, prepare
+from dglrec import tracking
+from dglrec.config import RecipeConfig, apply_overrides, resolve
+from dglrec.data import KGRecDataset
+from dglrec.errors import RunError
+from dglrec.registry import build_model
+from dglrec.sampling import build_sampler
+from dglrec.training import FitResult, Trainer, seed_everything
+
+Log = Callable[[str], None]
+
+
+def protocol_of(cfg: RecipeConfig) -> CTRProtocol:
+    data = cfg.data
+    return CTRProtocol(
+        dataset=data.name,
+        ratings_file=data.ratings_file,
+        ratings_sep=data.ratings_sep,
+        ratings_header=data.ratings_header,
+        positive_threshold=data.positive_threshold,
+        negatives_per_positive=data.negatives_per_positive,
+        split=tuple(data.split),
+        seed=cfg.data_seed,
+    )
+
+
+def load_dataset(cfg: RecipeConfig, log: Log = print) -> KGRecDataset:
+    """The processed dataset of the recipe, built on first use and cached after."""
+    dataset, _ = prepare(protocol_of(cfg), raw_dir=cfg.data.raw_dir or None, log=log)
+    return dataset
+
+
+@dataclass
+class Experiment:
+    cfg: RecipeConfig
+    dataset: KGRecDataset
+    model: torch.nn.Module
+    sampler: object
+
+
+def build(cfg: RecipeConfig, dataset: KGRecDataset | None = None, log: Log = print) -> Experiment:
+    """Dataset, model and sampler of a recipe; the seed is set before the model's init."""
+    dataset = dataset if dataset is not None else load_dataset(cfg, log)
+    seed_everything(cfg.seed)
+    graph_args = {
+        "n_users": dataset.n_users,
+        "n_items": dataset.n_items,
+        "n_entities": dataset.n_entities,
+        "n_relations": dataset.n_relations,
+    }
+    model = build_model(cfg.model_name, graph_args, cfg.model_kwargs)
+    n_layers = getattr(model, "n_layers", 1)
+    sampler = build_sampler(cfg.sampler.kind, n_layers, cfg.sampler.n_neighbors)
+    return Experiment(cfg, dataset, model, sampler)
+
+
+def run_tags(cfg: RecipeConfig, dataset: KGRecDataset) -> dict:
+    tags = {
+        "model": cfg.model_name,
+        "dataset": cfg.data.name,
+        "protocol": dataset.meta["protocol"] + f"; epoch selected by eval {cfg.eval.select_metric}",
+        "sampler": cfg.sampler.kind,
+        "seed": str(cfg.seed),
+        "git_commit": tracking.git_commit(),
+    }
+    tags.update({f"data_sha256.{name}": sha for name, sha in dataset.meta["checksums"].items()})
+    return tags
+
+
+def fit(
+    cfg: RecipeConfig,
+    resume_run_id: str | None = None,
+    resume_state: dict | None = None,
+    log: Log = print,
+) -> tuple[str, FitResult]:
+    """Train a recipe into an MLflow run, new or resumed from a checkpoint of that run."""
+    if resume_run_id is not None and resume_state is None:
+        resume_state = load_checkpoint(resume_run_id)
+    experiment = build(cfg, log=log)
+    with tracking.MlflowRun(
+        cfg.tracking.experiment or cfg.data.name,
+        run_name=cfg.tracking.run_name or f"{cfg.model_name}-s{cfg.seed}",
+        run_id=resume_run_id,
+    ) as run:
+        log(f"MLflow run {run.run_id} ({tracking.configure()})")
+        if resume_run_id is None:
+            run.log_params(cfg.flat())
+            run.set_tags(run_tags(cfg, experiment.dataset))
+            run.log_text(cfg.to_toml(), "recipe.toml")
+            run.log_metrics({f"data_{k}": v for k, v in experiment.dataset.meta["stats"].items()})
+        trainer = Trainer(experiment.model, experiment.dataset, experiment.sampler, cfg, run, log)
+        result = trainer.fit(resume=resume_state)
+        run.log_metrics({f"test_{k}": v for k, v in result.test.items()})
+        run.log_metrics({"best_epoch": result.best_epoch})
+        run.log_metrics({f"best_eval_{k}": v for k, v in result.best_eval.items()})
+        if cfg.tracking.log_model:
+            run.log_model(trainer.model)
+        return run.run_id, result
+
+
+def load_checkpoint(run_id: str, name: str = "last.pt") -> dict:
+    path = tracking.download_artifact(run_id, f"checkpoints/{name}")
+    return torch.load(path, map_location="cpu")
+
+
+def resume_point(run_id: str, overrides: list[str] | None = None) -> tuple[RecipeConfig, dict]:
+    """The recipe and last checkpoint of a run; ``overrides`` may extend ``train.epochs``."""
+    state = load_checkpoint(run_id)
+    raw = apply_overrides(copy.deepcopy(state["config"]), list(overrides or []))
+    return resolve(raw), state
+
+
+def config_of_run(run_id: str) -> RecipeConfig:
+    """The resolved recipe a run was trained with (from its last checkpoint)."""
+    return resolve(load_checkpoint(run_id)["config"])
+
+
+def evaluate(run_id: str, log: Log = print) -> dict:
+    """Reload a run's logged model and re-score its test split.
+
+    Returns ``{"test": metrics now, "logged": metrics the run logged}``.
+    """
+    cfg = config_of_run(run_id)
+    _, logged_metrics, _ = tracking.get_run(run_id)
+    if "test_auc" not in logged_metrics:
+        raise RunError(f"run {run_id} has no test metrics (did it finish?)")
+    model = tracking.load_model(run_id)
+    dataset = load_dataset(cfg, log)
+    sampler = build_sampler(cfg.sampler.kind, getattr(model, "n_layers", 1), cfg.sampler.n_neighbors)
+    cfg.train.device = "cpu"
+    trainer = Trainer(model, dataset, sampler, cfg, log=log)
+    test = trainer.evaluate("test")
+    logged = {k[len("test_") :]: v for k, v in logged_metrics.items() if k.startswith("test_")}
+    return {"test": test, "logged": logged}

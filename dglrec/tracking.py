@@ -1,0 +1,166 @@
+"""MLflow tracking: the only module that imports :mod:`mlflow`.
+
+Store: ``$MLFLOW_TRACKING_URI`` when set (e.g. a team tracking server), else the
+embedded default ``sqlite:///<cwd>/mlruns/mlflow.db`` with artifacts under
+``mlruns/artifacts/`` (MLflow 3 no longer accepts a plain ``./mlruns`` file store).
+One experiment per dataset, one run per fit.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+# No usage telemetry from research runs (and no network on many clusters).
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import mlflow  # noqa: E402
+import mlflow.pytorch  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from dglrec.errors import RunError  # noqa: E402
+
+LOCAL_STORE = Path("mlruns")
+
+
+def configure() -> str:
+    """Point MLflow at ``$MLFLOW_TRACKING_URI`` or the local SQLite store; return the URI."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        LOCAL_STORE.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{(LOCAL_STORE / 'mlflow.db').resolve()}"
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def _experiment_id(name: str) -> str:
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        location = (LOCAL_STORE / "artifacts").resolve().as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:  # created meanwhile by a concurrent fit
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def git_commit() -> str:
+    """The commit of the dglrec source tree, suffixed ``-dirty`` if it has local changes."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+class MlflowRun:
+    """A started (or reopened) MLflow run; use as a context manager.
+
+    Leaving the context normally ends the run FINISHED; on Ctrl-C it ends KILLED
+    and on an error FAILED, so what was logged (checkpoints included) stays.
+    """
+
+    def __init__(self, experiment: str, run_name: str | None = None, run_id: str | None = None):
+        configure()
+        if run_id is not None:
+            try:
+                MlflowClient().get_run(run_id)
+            except MlflowException:
+                raise RunError(f"no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}") from None
+            self._run = mlflow.start_run(run_id=run_id)
+        else:
+            self._run = mlflow.start_run(
+                experiment_id=_experiment_id(experiment), run_name=run_name or None
+            )
+        self.run_id = self._run.info.run_id
+
+    def __enter__(self) -> MlflowRun:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            status = "FINISHED"
+        elif issubclass(exc_type, KeyboardInterrupt):
+            status = "KILLED"
+        else:
+            status = "FAILED"
+        mlflow.end_run(status)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        mlflow.log_params({k: ("" if v is None else v) for k, v in params.items()})
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        mlflow.set_tags(tags)
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        mlflow.log_artifact(str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        mlflow.log_text(text, artifact_file)
+
+    def log_model(self, model) -> None:
+        # Explicit requirements: inferring them would import and trace the model.
+        mlflow.pytorch.log_model(
+            model,
+            name="model",
+            pip_requirements=["torch==2.2.1", "dgl==2.1.0", "dglrec"],
+            # torch.export ("pt2") needs torch >= 2.4; DGL pins us to 2.2.1.
+            serialization_format="pickle",
+        )
+
+
+def get_run(run_id: str):
+    """``(params, metrics, tags)`` of a run, or a :class:`RunError` naming it."""
+    configure()
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException:
+        raise RunError(f"no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}") from None
+    return run.data.params, run.data.metrics, run.data.tags
+
+
+def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
+    configure()
+    return [(m.step, m.value) for m in MlflowClient().get_metric_history(run_id, key)]
+
+
+def download_artifact(run_id: str, artifact_path: str) -> Path:
+    """Fetch one artifact of a run into a temporary directory."""
+    configure()
+    try:
+        return Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=artifact_path, dst_path=tempfile.mkdtemp()
+            )
+        )
+    except (MlflowException, OSError):
+        raise RunError(f"run {run_id!r} has no artifact {artifact_path!r}") from None
+
+
+def load_model(run_id: str):
+    """The ``mlflow.pytorch`` model logged by a run."""
+    configure()
+    try:
+        return mlflow.pytorch.load_model(f"runs:/{run_id}/model", map_location="cpu")
+    except (MlflowException, OSError):
+        raise RunError(f"run {run_id!r} has no logged model") from None

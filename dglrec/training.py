@@ -1,0 +1,237 @@
+"""One trainer for every user-item CTR model.
+
+Loop: Adam on ``mean BCE(logits, labels) + train.l2 * output.l2``; after each
+epoch, metrics on the eval split, a checkpoint, and early stopping on
+``eval.select_metric``. At the end the best epoch's weights are restored and the
+test split is scored once.
+
+Reproducibility: the seed of epoch ``e``'s shuffling and neighbour sampling is
+derived from ``(seed, e)``, and evaluation always samples with the same derived
+seed. A run resumed from the checkpoint of epoch ``e`` therefore continues
+exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dgl
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from dglrec.config import RecipeConfig
+from dglrec.data import KGRecDataset
+from dglrec.metrics import HIGHER_IS_BETTER, ctr_metrics
+from dglrec.sampling import PairBatch, make_pair_batch
+
+EVAL_STREAM = 1_000_003  # any constant distinct from epoch numbers
+
+
+def derived_seed(seed: int, stream: int) -> int:
+    """An independent seed for ``stream`` (an epoch, evaluation); DGL takes 31 bits."""
+    return int(np.random.SeedSequence([seed, stream]).generate_state(1)[0]) & 0x7FFFFFFF
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    dgl.seed(seed & 0x7FFFFFFF)
+
+
+class NullTracker:
+    """Tracking that records nothing (benchmarks, unit tests)."""
+
+    run_id = None
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        pass
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        pass
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_eval: dict
+    test: dict
+    history: list[dict] = field(default_factory=list)
+
+
+class Trainer:
+    """Train and evaluate ``model`` on ``dataset`` with block ``sampler``.
+
+    Args:
+        model: a registered model: ``model(blocks, pair_index) -> ScoreOutput``.
+        dataset: the processed dataset (its splits and KG).
+        sampler: a DGL block sampler producing the model's ``n_layers`` blocks.
+        cfg: the resolved recipe.
+        tracker: where metrics and checkpoints go (:class:`dglrec.tracking.MlflowRun`).
+        log: one-line progress messages.
+        edge_filter: optional pruning applied while conditioning blocks on users.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        dataset: KGRecDataset,
+        sampler,
+        cfg: RecipeConfig,
+        tracker=None,
+        log: Callable[[str], None] = print,
+        edge_filter=None,
+    ):
+        self.model = model.to(cfg.train.device)
+        self.dataset = dataset
+        self.sampler = sampler
+        self.cfg = cfg
+        self.tracker = tracker or NullTracker()
+        self.log = log
+        self.edge_filter = edge_filter
+        self.kg = dataset.kg_graph()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
+
+    # ------------------------------------------------------------------ batches
+    def batches(
+        self, pairs: torch.Tensor, batch_size: int, generator: torch.Generator | None = None
+    ) -> Iterator[PairBatch]:
+        order = (
+            torch.randperm(len(pairs), generator=generator)
+            if generator is not None
+            else torch.arange(len(pairs))
+        )
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[order[start : start + batch_size]]
+            batch = make_pair_batch(
+                self.kg, self.sampler, chunk, self.dataset.item_entity, self.edge_filter
+            )
+            yield batch.to(self.cfg.train.device)
+
+    @torch.no_grad()
+    def predict(self, pairs: torch.Tensor) -> np.ndarray:
+        """Probabilities for ``pairs`` (``[n, 3]``), with a fixed sampling seed."""
+        self.model.eval()
+        dgl.seed(derived_seed(self.cfg.seed, EVAL_STREAM))
+        out = [
+            torch.sigmoid(self.model(batch.blocks, batch.pair_index).logits).cpu()
+            for batch in self.batches(pairs, self.cfg.eval.batch_size)
+        ]
+        return torch.cat(out).numpy()
+
+    def evaluate(self, split: str) -> dict:
+        pairs = self.dataset.splits[split]
+        probabilities = self.predict(pairs)
+        return ctr_metrics(pairs[:, 2].numpy(), probabilities, self.cfg.eval.threshold)
+
+    # ------------------------------------------------------------------ training
+    def train_epoch(self, epoch: int) -> float:
+        self.model.train()
+        dgl.seed(derived_seed(self.cfg.seed, epoch))
+        generator = torch.Generator().manual_seed(derived_seed(self.cfg.seed, epoch))
+        pairs = self.dataset.splits["train"]
+        n_batches = -(-len(pairs) // self.cfg.train.batch_size)
+        total, count = 0.0, 0
+        bar = tqdm(
+            self.batches(pairs, self.cfg.train.batch_size, generator),
+            total=n_batches,
+            desc=f"epoch {epoch}",
+            leave=False,
+            disable=None,
+        )
+        for batch in bar:
+            output = self.model(batch.blocks, batch.pair_index)
+            bce = F.binary_cross_entropy_with_logits(output.logits, batch.labels)
+            loss = bce + self.cfg.train.l2 * output.l2
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            total += float(bce) * len(batch.labels)
+            count += len(batch.labels)
+            bar.set_postfix(bce=f"{total / count:.4f}")
+        return total / count
+
+    def _checkpoint(self, state: dict, name: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            torch.save(state, path)
+            self.tracker.log_artifact(path, "checkpoints")
+
+    def fit(self, resume: dict | None = None) -> FitResult:
+        """Train to ``train.epochs`` (or early stop), restore the best epoch, score test.
+
+        Args:
+            resume: a checkpoint written by this method (``checkpoints/last.pt``);
+                training continues after its epoch.
+        """
+        cfg = self.cfg
+        metric = cfg.eval.select_metric
+        sign = 1 if HIGHER_IS_BETTER[metric] else -1
+        start, history, best, bad_epochs = 1, [], None, 0
+        if resume is not None:
+            self.model.load_state_dict(resume["model"])
+            self.optimizer.load_state_dict(resume["optimizer"])
+            start, history = resume["epoch"] + 1, resume["history"]
+            best, bad_epochs = resume["best"], resume["bad_epochs"]
+            self.log(f"resuming after epoch {resume['epoch']}")
+
+        for epoch in range(start, cfg.train.epochs + 1):
+            if cfg.train.patience and bad_epochs >= cfg.train.patience:
+                break
+            began = time.perf_counter()
+            train_loss = self.train_epoch(epoch)
+            seconds = time.perf_counter() - began
+            evaluation = self.evaluate("eval")
+            record = {"epoch": epoch, "train_loss": train_loss, "epoch_seconds": seconds}
+            record.update({f"eval_{k}": v for k, v in evaluation.items()})
+            history.append(record)
+            self.tracker.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
+            improved = best is None or sign * evaluation[metric] > sign * best["metric"]
+            if improved:
+                best = {
+                    "epoch": epoch,
+                    "metric": evaluation[metric],
+                    "eval": evaluation,
+                    "state": copy.deepcopy(self.model.state_dict()),
+                }
+                bad_epochs = 0
+            else:
+                bad_epochs += 1
+            self.log(
+                f"epoch {epoch:3d}  loss {train_loss:.4f}  eval auc {evaluation['auc']:.4f} "
+                f"acc {evaluation['acc']:.4f} f1 {evaluation['f1']:.4f}  {seconds:.1f}s"
+                + ("  *" if improved else "")
+            )
+            state = {
+                "epoch": epoch,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "best": best,
+                "bad_epochs": bad_epochs,
+                "history": history,
+                "config": cfg.to_dict(),
+            }
+            if improved:
+                self._checkpoint(
+                    {"epoch": epoch, "model": best["state"], "eval": evaluation, "config": cfg.to_dict()},
+                    "best.pt",
+                )
+            self._checkpoint(state, "last.pt")
+
+        if best is None:
+            raise RuntimeError("no epoch was trained (train.epochs < 1?)")
+        self.model.load_state_dict(best["state"])
+        test = self.evaluate("test")
+        self.log(
+            f"best epoch {best['epoch']} (eval {metric} {best['metric']:.4f}); "
+            f"test auc {test['auc']:.4f} acc {test['acc']:.4f} f1 {test['f1']:.4f}"
+        )
+        return FitResult(best["epoch"], best["eval"], test, history)
