@@ -97,7 +97,9 @@ def input_checksums(protocol: CTRProtocol, raw_dir: Path) -> dict[str, str]:
     return checksums
 
 
-def _index(values: list[str], start: dict[str, int] | None = None) -> tuple[dict[str, int], np.ndarray]:
+def _index(
+    values: list[str], start: dict[str, int] | None = None
+) -> tuple[dict[str, int], np.ndarray]:
     """Map raw ids to consecutive indices in order of first appearance."""
     mapping = dict(start or {})
     out = np.empty(len(values), dtype=np.int64)

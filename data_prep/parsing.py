@@ -5,10 +5,13 @@ Files may end lines in LF or CRLF (the released ``kg.txt`` uses CRLF); both pars
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from dglrec.errors import DataFormatError
+
+LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 def read_columns(
@@ -37,8 +40,9 @@ def read_columns(
         raise DataFormatError(f"{path}: not valid {encoding} text ({exc.reason})") from None
     columns: list[list] = [[] for _ in converters]
     n_fields = len(converters)
-    # splitlines() treats "\r\n", "\n" and "\r" alike.
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # Only "\r\n", "\n" and "\r" end lines: str.splitlines() would also split on
+    # \x85, \x0c, \u2028..., which can occur inside ISO-8859-1 or UTF-8 fields.
+    for lineno, line in enumerate(LINE_END.split(text), start=1):
         if header and lineno == 1:
             continue
         if not line.strip():

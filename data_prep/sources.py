@@ -69,8 +69,14 @@ PUBLIC_DATASETS: dict[str, tuple[RawFile, ...]] = {
             ("artists.dat", "c173881362c6b28551368fecb3c0be5a6a30a6cd859e1f5775413dfe46d48648"),
             ("readme.txt", "44c38757b3a24e68e844ac60c97ba7fd8e0f691cf1b00e9cf6bd8854df0dd64a"),
             ("tags.dat", "c815d7216101fd0ba9b9c59fa2a011998d2fd076e0064d281ec4153d95ae8095"),
-            ("user_artists.dat", "254272fa721c3935e8be286d28c051b206844307128698ab4eaa41d483379416"),
-            ("user_friends.dat", "0360883a3557776e04fdebda851f2e5dd23e796cad7059b968acdebd528d13fa"),
+            (
+                "user_artists.dat",
+                "254272fa721c3935e8be286d28c051b206844307128698ab4eaa41d483379416",
+            ),
+            (
+                "user_friends.dat",
+                "0360883a3557776e04fdebda851f2e5dd23e796cad7059b968acdebd528d13fa",
+            ),
             (
                 "user_taggedartists.dat",
                 "c4a9ffae9ab47a9f9b2f0678ab1f7e5c1db4ca818837d8cddd1f5699c5bbf048",
@@ -168,7 +174,9 @@ def download(dataset: str, dest: Path, mirror: str | None = None) -> Path:
     return dest
 
 
-def resolve_raw_dir(dataset: str, raw_dir: str | Path | None = None, mirror: str | None = None) -> Path:
+def resolve_raw_dir(
+    dataset: str, raw_dir: str | Path | None = None, mirror: str | None = None
+) -> Path:
     """Find (or download) the raw directory of ``dataset``; see the module docstring."""
     if raw_dir:
         path = Path(raw_dir).expanduser()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 
@@ -42,13 +41,27 @@ def main() -> None:
 
 @main.command()
 @click.argument("dataset")
-@click.option("--raw", "raw_dir", type=click.Path(file_okay=False), help="Directory with the raw files.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False),
-              help="Root of processed datasets [default: $DGLREC_DATA_DIR/processed or ./data/processed].")
-@click.option("--mirror", help="Base URL to download from instead of the public sites, e.g. file:///srv/mirror.")
-@click.option("--seed", type=int, default=42, show_default=True, help="Seed of negatives and split.")
-@click.option("--recipe", type=click.Path(dir_okay=False),
-              help="Take the protocol ([data] section) from this recipe.")
+@click.option(
+    "--raw", "raw_dir", type=click.Path(file_okay=False), help="Directory with the raw files."
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    help="Root of processed datasets [default: $DGLREC_DATA_DIR/processed or ./data/processed].",
+)
+@click.option(
+    "--mirror",
+    help="Base URL to download from instead of the public sites, e.g. file:///srv/mirror.",
+)
+@click.option(
+    "--seed", type=int, default=42, show_default=True, help="Seed of negatives and split."
+)
+@click.option(
+    "--recipe",
+    type=click.Path(dir_okay=False),
+    help="Take the protocol ([data] section) from this recipe.",
+)
 def prep(dataset, raw_dir, out_dir, mirror, seed, recipe) -> None:
     """Build the processed dataset DATASET (e.g. lastfm-kg) and print its statistics.
 
@@ -61,21 +74,35 @@ def prep(dataset, raw_dir, out_dir, mirror, seed, recipe) -> None:
 
     cfg = load_recipe(recipe, [f"data.name={dataset!r}"] if recipe is None else [], seed=seed)
     protocol = protocol_of(cfg)
-    data, directory = prepare(protocol, raw_dir=raw_dir or cfg.data.raw_dir or None,
-                              out_root=out_dir, mirror=mirror, log=_echo)
+    data, directory = prepare(
+        protocol,
+        raw_dir=raw_dir or cfg.data.raw_dir or None,
+        out_root=out_dir,
+        mirror=mirror,
+        log=_echo,
+    )
     click.echo(f"{protocol.dataset}: {data.meta['protocol']}")
     for key, value in data.meta["stats"].items():
-        click.echo(f"  {key:16s} {value:,}")
+        click.echo(f"  {key:16s} {value:>9,}")
     click.echo(f"saved to {directory}")
 
 
 @main.command()
 @click.argument("recipe", required=False, type=click.Path(dir_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
-              help="Override a recipe value, e.g. --set train.epochs=3 (repeatable).")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Override a recipe value, e.g. --set train.epochs=3 (repeatable).",
+)
 @click.option("--seed", type=int, help="Seed for split, negatives, init and sampling.")
-@click.option("--resume", "resume_run_id", metavar="RUN_ID",
-              help="Continue an interrupted run from its last checkpoint.")
+@click.option(
+    "--resume",
+    "resume_run_id",
+    metavar="RUN_ID",
+    help="Continue an interrupted run from its last checkpoint.",
+)
 def fit(recipe, overrides, seed, resume_run_id) -> None:
     """Train the model of RECIPE (a TOML file), evaluate it, and log the run to MLflow.
 
@@ -96,7 +123,9 @@ def fit(recipe, overrides, seed, resume_run_id) -> None:
                 raise click.UsageError(
                     f"{recipe} differs from run {resume_run_id}'s recipe in: {', '.join(differing)}"
                 )
-        run_id, result = experiment.fit(cfg, resume_run_id=resume_run_id, resume_state=state, log=_echo)
+        run_id, result = experiment.fit(
+            cfg, resume_run_id=resume_run_id, resume_state=state, log=_echo
+        )
     else:
         if recipe is None:
             raise click.UsageError("give a RECIPE, or --resume RUN_ID")
@@ -104,12 +133,16 @@ def fit(recipe, overrides, seed, resume_run_id) -> None:
         try:
             run_id, result = experiment.fit(cfg, log=_echo)
         except KeyboardInterrupt:
-            _echo("interrupted: the last finished epoch is checkpointed; "
-                  "continue with `dglrec fit --resume RUN_ID`")
+            _echo(
+                "interrupted: the last finished epoch is checkpointed; "
+                "continue with `dglrec fit --resume RUN_ID`"
+            )
             sys.exit(130)
     test = result.test
-    click.echo(f"run {run_id}: best epoch {result.best_epoch}, "
-               f"test auc {test['auc']:.4f} acc {test['acc']:.4f} f1 {test['f1']:.4f}")
+    click.echo(
+        f"run {run_id}: best epoch {result.best_epoch}, "
+        f"test auc {test['auc']:.4f} acc {test['acc']:.4f} f1 {test['f1']:.4f}"
+    )
 
 
 @main.command()
@@ -127,8 +160,10 @@ def evaluate(run_id) -> None:
         logged = out["logged"].get(key)
         same = logged is not None and abs(value - logged) < 1e-6
         mismatch |= not same
-        click.echo(f"test {key:4s} {value:.6f}  logged {logged if logged is None else f'{logged:.6f}'}"
-                   f"  {'ok' if same else 'MISMATCH'}")
+        click.echo(
+            f"test {key:4s} {value:.6f}  logged {logged if logged is None else f'{logged:.6f}'}"
+            f"  {'ok' if same else 'MISMATCH'}"
+        )
     if mismatch:
         sys.exit(1)
 

@@ -171,7 +171,10 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     elif origin is list:
         (inner,) = typing.get_args(tp)
         if isinstance(value, list | tuple):
-            return [coerce(v, inner, key) for v in value]
+            try:
+                return [coerce(v, inner, key) for v in value]
+            except ConfigError:
+                pass
     elif tp is type(None):
         if value is None:
             return None
@@ -249,7 +252,7 @@ def resolve(raw: dict[str, Any]) -> RecipeConfig:
             section_type = typing.get_type_hints(RecipeConfig)[key]
             kwargs[key] = build_section(section_type, value, key)
 
-    model = dict(raw.get("model", {"name": "kgcn"}))
+    model = {"name": RecipeConfig().model_name, **raw.get("model", {})}
     name = model.get("name")
     hparams = model_hparams(name)  # raises ConfigError naming model.name
     resolved = {"name": name}

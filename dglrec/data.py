@@ -65,7 +65,7 @@ class KGRecDataset:
         tensors["item_entity"] = self.item_entity
         # Write the metadata last: its presence marks a complete cache entry.
         dgl.save_graphs(str(directory / GRAPH_FILE), [self.graph], tensors)
-        (directory / META_FILE).write_text(json.dumps(self.meta, indent=2, sort_keys=True))
+        (directory / META_FILE).write_text(json.dumps(self.meta, indent=2))
 
     @classmethod
     def load(cls, directory: Path) -> KGRecDataset:

@@ -14,9 +14,9 @@ import torch
 
 from data_prep.kg_ctr import CTRProtocol, prepare
 from dglrec import tracking
-from dglrec.config import RecipeConfig, apply_overrides, resolve
+from dglrec.config import RecipeConfig, apply_overrides, parse_override, resolve
 from dglrec.data import KGRecDataset
-from dglrec.errors import RunError
+from dglrec.errors import ConfigError, RunError
 from dglrec.registry import build_model
 from dglrec.sampling import build_sampler
 from dglrec.training import FitResult, Trainer, seed_everything
@@ -117,10 +117,22 @@ def load_checkpoint(run_id: str, name: str = "last.pt") -> dict:
     return torch.load(path, map_location="cpu")
 
 
+# What a resumed run may change: how long it goes on, nothing that alters its results so far.
+RESUME_OVERRIDES = ("train.epochs", "train.patience")
+
+
 def resume_point(run_id: str, overrides: list[str] | None = None) -> tuple[RecipeConfig, dict]:
     """The recipe and last checkpoint of a run; ``overrides`` may extend ``train.epochs``."""
+    overrides = list(overrides or [])
+    for item in overrides:
+        key, _ = parse_override(item)
+        if key not in RESUME_OVERRIDES:
+            raise ConfigError(
+                f"--set {key}: a resumed run keeps its recipe; only "
+                f"{', '.join(RESUME_OVERRIDES)} may change"
+            )
     state = load_checkpoint(run_id)
-    raw = apply_overrides(copy.deepcopy(state["config"]), list(overrides or []))
+    raw = apply_overrides(copy.deepcopy(state["config"]), overrides)
     return resolve(raw), state
 
 
@@ -134,13 +146,15 @@ def evaluate(run_id: str, log: Log = print) -> dict:
 
     Returns ``{"test": metrics now, "logged": metrics the run logged}``.
     """
-    cfg = config_of_run(run_id)
     _, logged_metrics, _ = tracking.get_run(run_id)
+    cfg = config_of_run(run_id)
     if "test_auc" not in logged_metrics:
         raise RunError(f"run {run_id} has no test metrics (did it finish?)")
     model = tracking.load_model(run_id)
     dataset = load_dataset(cfg, log)
-    sampler = build_sampler(cfg.sampler.kind, getattr(model, "n_layers", 1), cfg.sampler.n_neighbors)
+    sampler = build_sampler(
+        cfg.sampler.kind, getattr(model, "n_layers", 1), cfg.sampler.n_neighbors
+    )
     cfg.train.device = "cpu"
     trainer = Trainer(model, dataset, sampler, cfg, log=log)
     test = trainer.evaluate("test")

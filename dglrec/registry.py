@@ -42,7 +42,9 @@ def model_names() -> list[str]:
 def get_model(name: str) -> type:
     _load_builtin_models()
     if name not in _MODELS:
-        raise ConfigError(f"model.name: unknown model {name!r}; available: {', '.join(model_names())}")
+        raise ConfigError(
+            f"model.name: unknown model {name!r}; available: {', '.join(model_names())}"
+        )
     return _MODELS[name]
 
 

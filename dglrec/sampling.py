@@ -61,6 +61,10 @@ class FixedSizeNeighborSampler(BlockSampler):
     low-degree nodes still receive ``K`` messages); an isolated node gets none.
     Edge data (``rel``) is carried into the blocks.
 
+    The draws use torch's global generator (seeded by the trainer), not DGL's
+    per-thread generators, whose streams depend on the number of OpenMP threads:
+    a seed gives the same sample on any machine and thread count.
+
     Args:
         n_neighbors: ``K``.
         n_layers: number of blocks (hops).
@@ -73,25 +77,40 @@ class FixedSizeNeighborSampler(BlockSampler):
         self.n_neighbors = n_neighbors
         self.n_layers = n_layers
 
+    def sample_edges(self, g: dgl.DGLGraph, seeds: torch.Tensor) -> torch.Tensor:
+        """Edge ids of ``g`` drawn for ``seeds``: ``K`` per seed with in-edges."""
+        k = self.n_neighbors
+        indptr, _, eids = g.adj_tensors("csc")
+        start = indptr[seeds]
+        degree = indptr[seeds + 1] - start
+        rich = degree >= k
+        poor = (degree > 0) & ~rich
+        # Without replacement: a random key per candidate edge, keep each node's k smallest.
+        rich_start, rich_degree = start[rich], degree[rich]
+        segment = torch.repeat_interleave(torch.arange(len(rich_start)), rich_degree)
+        first = torch.cumsum(rich_degree, 0) - rich_degree
+        order = torch.argsort(segment.double() + torch.rand(len(segment), dtype=torch.float64))
+        rank = torch.arange(len(segment)) - first[segment]  # position after sorting
+        slot = rich_start[segment] + (order - first[segment])
+        chosen_rich = slot[rank < k]
+        # With replacement: k uniform offsets into each node's in-edges.
+        poor_start, poor_degree = start[poor], degree[poor]
+        offsets = (torch.rand(len(poor_start), k) * poor_degree[:, None]).long()
+        chosen_poor = (poor_start[:, None] + offsets).reshape(-1)
+        return eids[torch.cat([chosen_rich, chosen_poor])]
+
     def sample_blocks(self, g, seed_nodes, exclude_eids=None):
         output_nodes = seed_nodes
         blocks = []
         for _ in range(self.n_layers):
-            degree = g.in_degrees(seed_nodes)
-            rich = seed_nodes[degree >= self.n_neighbors]
-            poor = seed_nodes[(degree > 0) & (degree < self.n_neighbors)]
-            eids = torch.cat(
-                [
-                    dgl.sampling.sample_neighbors(g, rich, self.n_neighbors, replace=False).edata[dgl.EID],
-                    dgl.sampling.sample_neighbors(g, poor, self.n_neighbors, replace=True).edata[dgl.EID],
-                ]
-            )
+            eids = self.sample_edges(g, seed_nodes)
             src, dst = g.find_edges(eids)
             frontier = dgl.graph((src, dst), num_nodes=g.num_nodes())
-            frontier.edata[dgl.EID] = eids
             for key, value in g.edata.items():
                 frontier.edata[key] = value[eids]
             block = dgl.to_block(frontier, seed_nodes)
+            # to_block reorders edges and records frontier edge ids; map them back to g's.
+            block.edata[dgl.EID] = eids[block.edata[dgl.EID]]
             seed_nodes = block.srcdata[dgl.NID]
             blocks.insert(0, block)
         return seed_nodes, output_nodes, blocks

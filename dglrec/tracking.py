@@ -8,6 +8,7 @@ One experiment per dataset, one run per fit.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import tempfile
@@ -29,6 +30,9 @@ LOCAL_STORE = Path("mlruns")
 
 def configure() -> str:
     """Point MLflow at ``$MLFLOW_TRACKING_URI`` or the local SQLite store; return the URI."""
+    # Schema creation and migration chatter on every new store is not for users.
+    for name in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         LOCAL_STORE.mkdir(parents=True, exist_ok=True)
@@ -120,6 +124,8 @@ class MlflowRun:
 
     def log_model(self, model) -> None:
         # Explicit requirements: inferring them would import and trace the model.
+        # We pickle on purpose (see serialization_format); silence MLflow's advice.
+        logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
         mlflow.pytorch.log_model(
             model,
             name="model",

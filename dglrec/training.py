@@ -40,6 +40,12 @@ def derived_seed(seed: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed, stream]).generate_state(1)[0]) & 0x7FFFFFFF
 
 
+def reseed_sampling(seed: int) -> None:
+    """Seed the generators that samplers draw from: torch's (ours) and DGL's (its samplers)."""
+    torch.manual_seed(seed)
+    dgl.seed(seed & 0x7FFFFFFF)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -120,7 +126,7 @@ class Trainer:
     def predict(self, pairs: torch.Tensor) -> np.ndarray:
         """Probabilities for ``pairs`` (``[n, 3]``), with a fixed sampling seed."""
         self.model.eval()
-        dgl.seed(derived_seed(self.cfg.seed, EVAL_STREAM))
+        reseed_sampling(derived_seed(self.cfg.seed, EVAL_STREAM))
         out = [
             torch.sigmoid(self.model(batch.blocks, batch.pair_index).logits).cpu()
             for batch in self.batches(pairs, self.cfg.eval.batch_size)
@@ -135,7 +141,7 @@ class Trainer:
     # ------------------------------------------------------------------ training
     def train_epoch(self, epoch: int) -> float:
         self.model.train()
-        dgl.seed(derived_seed(self.cfg.seed, epoch))
+        reseed_sampling(derived_seed(self.cfg.seed, epoch))
         generator = torch.Generator().manual_seed(derived_seed(self.cfg.seed, epoch))
         pairs = self.dataset.splits["train"]
         n_batches = -(-len(pairs) // self.cfg.train.batch_size)
@@ -205,11 +211,6 @@ class Trainer:
                 bad_epochs = 0
             else:
                 bad_epochs += 1
-            self.log(
-                f"epoch {epoch:3d}  loss {train_loss:.4f}  eval auc {evaluation['auc']:.4f} "
-                f"acc {evaluation['acc']:.4f} f1 {evaluation['f1']:.4f}  {seconds:.1f}s"
-                + ("  *" if improved else "")
-            )
             state = {
                 "epoch": epoch,
                 "model": self.model.state_dict(),
@@ -221,10 +222,21 @@ class Trainer:
             }
             if improved:
                 self._checkpoint(
-                    {"epoch": epoch, "model": best["state"], "eval": evaluation, "config": cfg.to_dict()},
+                    {
+                        "epoch": epoch,
+                        "model": best["state"],
+                        "eval": evaluation,
+                        "config": cfg.to_dict(),
+                    },
                     "best.pt",
                 )
             self._checkpoint(state, "last.pt")
+            # Logged after the checkpoint: a line on screen means the epoch is saved.
+            self.log(
+                f"epoch {epoch:3d}  loss {train_loss:.4f}  eval auc {evaluation['auc']:.4f} "
+                f"acc {evaluation['acc']:.4f} f1 {evaluation['f1']:.4f}  {seconds:.1f}s"
+                + ("  *" if improved else "")
+            )
 
         if best is None:
             raise RuntimeError("no epoch was trained (train.epochs < 1?)")

@@ -64,7 +64,9 @@ class UserRelationAttention(nn.Module):
     Shared by the KGCN family; a subclass may change :meth:`edge_scores`.
     """
 
-    def edge_scores(self, block: dgl.DGLGraph, user: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
+    def edge_scores(
+        self, block: dgl.DGLGraph, user: torch.Tensor, rel: torch.Tensor
+    ) -> torch.Tensor:
         """``[E]`` unnormalised score of each edge: ``e_u · e_r`` with ``u`` the edge's user."""
         with block.local_scope():
             block.dstdata["u"] = user

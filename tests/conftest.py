@@ -1,0 +1,102 @@
+"""Shared fixtures: a tiny synthetic KG dataset, isolated stores, the real Last.FM files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# CI exports DGLREC_RAW_DIR=../shared/data; fall back to that layout for local runs.
+REAL_RAW_ROOT = Path(os.environ.get("DGLREC_RAW_DIR") or REPO.parent / "shared" / "data")
+
+
+def write_tiny_kg(
+    directory: Path,
+    seed: int = 0,
+    n_users: int = 30,
+    n_items: int = 40,
+    n_extra_entities: int = 25,
+    n_relations: int = 4,
+    n_triples: int = 150,
+) -> Path:
+    """A small dataset in the KGCN three-file layout, with CRLF in kg.txt like the release.
+
+    Raw ids are deliberately not 0-based or contiguous, to exercise the re-indexing.
+    """
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    item_raw = 1000 + 3 * np.arange(n_items)
+    entity_raw = [f"m.item{i}" for i in range(n_items)]
+    (directory / "item_index2entity_id.txt").write_text(
+        "".join(f"{i}\t{e}\n" for i, e in zip(item_raw, entity_raw, strict=True))
+    )
+    entities = entity_raw + [f"m.other{i}" for i in range(n_extra_entities)]
+    heads = rng.integers(0, len(entities), n_triples)
+    tails = rng.integers(0, len(entities), n_triples)
+    rels = rng.integers(0, n_relations, n_triples)
+    (directory / "kg.txt").write_bytes(
+        "".join(
+            f"{entities[h]}\trel.{r}\t{entities[t]}\r\n"
+            for h, r, t in zip(heads, rels, tails, strict=True)
+        ).encode()
+    )
+    lines = ["userID\tartistID\tweight"]
+    popularity = rng.dirichlet(np.ones(n_items) * 0.5)
+    for user in range(n_users):
+        n = int(rng.integers(3, 12))
+        items = rng.choice(n_items, size=n, replace=False, p=popularity)
+        lines += [f"{7 + 2 * user}\t{item_raw[i]}\t{int(rng.integers(1, 500))}" for i in items]
+        # An artist without a KG entity: must be dropped.
+        lines.append(f"{7 + 2 * user}\t99999\t5")
+    (directory / "user_artists.dat").write_text("\n".join(lines) + "\n")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_raw(tmp_path_factory) -> Path:
+    return write_tiny_kg(tmp_path_factory.mktemp("raw") / "tiny-kg")
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch) -> Path:
+    """Run in a fresh directory with its own data cache and MLflow store."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DGLREC_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def tiny_recipe(tiny_raw, isolated) -> Path:
+    """A recipe that trains KGCN for 3 epochs on the tiny KG."""
+    path = isolated / "tiny.toml"
+    path.write_text(
+        f"""seed = 3
+[data]
+name = "tiny-kg"
+raw_dir = "{tiny_raw}"
+[model]
+name = "kgcn"
+dim = 8
+n_layers = 2
+[sampler]
+kind = "uniform"
+n_neighbors = 4
+[train]
+epochs = 3
+batch_size = 32
+lr = 0.01
+"""
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def lastfm_raw() -> Path:
+    path = REAL_RAW_ROOT / "lastfm-kg"
+    if not (path / "kg.txt").is_file():
+        pytest.skip(f"real Last.FM-KG files not found under {path} (set DGLREC_RAW_DIR)")
+    return path

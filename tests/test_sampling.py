@@ -1,0 +1,136 @@
+"""Samplers and user-conditioned blocks on hand-built graphs."""
+
+import dgl
+import pytest
+import torch
+from dgl.dataloading import MultiLayerFullNeighborSampler
+
+from dglrec.sampling import FixedSizeNeighborSampler, condition_on_users, make_pair_batch
+
+
+def hand_kg() -> dgl.DGLGraph:
+    """Entity 0 <- {2 (rel 0), 3 (rel 1)}; 1 <- {3 (rel 2), 4 (rel 0), 5 (rel 1)};
+    3 <- {5 (rel 1)}; 2 and 4 have no in-edges; 5 <- {0 (rel 2)}."""
+    src = torch.tensor([2, 3, 3, 4, 5, 5, 0])
+    dst = torch.tensor([0, 0, 1, 1, 1, 3, 5])
+    g = dgl.graph((src, dst), num_nodes=6)
+    g.edata["rel"] = torch.tensor([0, 1, 2, 0, 1, 1, 2])
+    return g
+
+
+def in_neighbors(g, node):
+    src, _, eid = g.in_edges(node, form="all")
+    return sorted(zip(src.tolist(), g.edata["rel"][eid].tolist(), strict=True))
+
+
+def test_fixed_size_sampler_gives_k_edges_per_node():
+    g = hand_kg()
+    sampler = FixedSizeNeighborSampler(n_neighbors=2, n_layers=1)
+    torch.manual_seed(0)
+    _, _, (block,) = sampler.sample(g, torch.tensor([0, 1, 2, 3]))
+    in_deg = block.in_degrees()
+    # deg 2 -> 2 (without replacement), deg 3 -> 2, deg 0 -> 0, deg 1 -> 2 (with replacement)
+    assert in_deg.tolist() == [2, 2, 0, 2]
+    src, dst = block.edges()
+    global_src = block.srcdata[dgl.NID][src]
+    global_dst = block.dstdata[dgl.NID][dst]
+    for s, d in zip(global_src.tolist(), global_dst.tolist(), strict=True):
+        assert g.has_edges_between(s, d)
+    # Node 0 has exactly 2 in-neighbours: sampled without replacement, it keeps both.
+    assert sorted(global_src[global_dst == 0].tolist()) == [2, 3]
+    # Node 3 has one in-neighbour, drawn twice.
+    assert global_src[global_dst == 3].tolist() == [5, 5]
+    # Relation ids travel with the edges.
+    assert torch.equal(block.edata["rel"], g.edata["rel"][block.edata[dgl.EID]])
+
+
+def test_fixed_size_sampler_is_seeded():
+    g = hand_kg()
+    sampler = FixedSizeNeighborSampler(n_neighbors=2, n_layers=2)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        _, _, blocks = sampler.sample(g, torch.tensor([1]))
+        runs.append([b.edata[dgl.EID].tolist() for b in blocks])
+    assert runs[0] == runs[1]
+
+
+def test_fixed_size_sampler_is_uniform_without_replacement():
+    g = hand_kg()  # entity 1 has in-neighbours 3, 4, 5
+    sampler = FixedSizeNeighborSampler(n_neighbors=2, n_layers=1)
+    torch.manual_seed(0)
+    counts = torch.zeros(6)
+    n_draws = 3000
+    for _ in range(n_draws):
+        picked = g.find_edges(sampler.sample_edges(g, torch.tensor([1])))[0]
+        assert len(set(picked.tolist())) == 2  # never the same edge twice
+        counts[picked] += 1
+    # Each of the 3 neighbours is in a 2-subset with probability 2/3 (±4 sd).
+    expected, sd = n_draws * 2 / 3, (n_draws * 2 / 9) ** 0.5
+    assert torch.all((counts[[3, 4, 5]] - expected).abs() < 4 * sd), counts
+    assert counts[[0, 1, 2]].sum() == 0
+
+
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_conditioned_blocks_expand_every_state(n_layers):
+    g = hand_kg()
+    _, _, blocks = MultiLayerFullNeighborSampler(n_layers).sample(g, torch.tensor([0, 1]))
+    users = torch.tensor([0, 1, 0, 0, 1])
+    seed_pos = torch.tensor([0, 0, 1, 0, 1])  # (0,e0) (1,e0) (0,e1) (0,e0) (1,e1)
+    cblocks, pair_index = condition_on_users(blocks, users, seed_pos)
+    top = cblocks[-1]
+    assert top.num_dst_nodes() == 4  # duplicate pair (0, e0) shares one state
+    assert pair_index[0] == pair_index[3]
+    assert len(set(pair_index.tolist())) == 4
+    assert torch.equal(top.dstdata["user"][pair_index], users)
+    assert torch.equal(top.dstdata["node"][pair_index], seed_pos)  # entity ids 0, 1
+    for lower, upper in zip(cblocks[:-1], cblocks[1:], strict=True):
+        # The states computed by block l are the inputs of block l + 1, in order.
+        assert torch.equal(lower.dstdata["user"], upper.srcdata["user"])
+        assert torch.equal(lower.dstdata["node"], upper.srcdata["node"])
+    for block in cblocks:
+        n_dst = block.num_dst_nodes()
+        # Destination states are the prefix of the source states.
+        assert torch.equal(block.srcdata["user"][:n_dst], block.dstdata["user"])
+        assert torch.equal(block.srcdata["node"][:n_dst], block.dstdata["node"])
+        states = list(
+            zip(block.srcdata["user"].tolist(), block.srcdata["node"].tolist(), strict=True)
+        )
+        assert len(set(states)) == len(states)
+        src, dst = block.edges()
+        # Every edge stays inside one user, and each state sees exactly its node's in-edges.
+        assert torch.equal(block.srcdata["user"][src], block.dstdata["user"][dst])
+        for state in range(n_dst):
+            mask = dst == state
+            got = sorted(
+                zip(
+                    block.srcdata["node"][src[mask]].tolist(),
+                    block.edata["rel"][mask].tolist(),
+                    strict=True,
+                )
+            )
+            assert got == in_neighbors(g, int(block.dstdata["node"][state]))
+
+
+def test_edge_filter_prunes_before_expanding():
+    g = hand_kg()
+    _, _, blocks = MultiLayerFullNeighborSampler(2).sample(g, torch.tensor([1]))
+
+    def keep_rel_1(user, rel, dst_state):
+        return rel == 1
+
+    cblocks, _ = condition_on_users(blocks, torch.tensor([0]), torch.tensor([0]), keep_rel_1)
+    assert all(bool((b.edata["rel"] == 1).all()) for b in cblocks)
+    # Entity 1 keeps only 5 (rel 1); 3 and 4 are pruned, so the lower block expands only 1 and 5.
+    assert sorted(cblocks[0].dstdata["node"].tolist()) == [1, 5]
+
+
+def test_make_pair_batch_maps_items_through_entities():
+    g = hand_kg()
+    item_entity = torch.tensor([1, 0])  # item 0 is entity 1, item 1 is entity 0
+    pairs = torch.tensor([[0, 0, 1], [1, 1, 0], [0, 1, 1]])
+    batch = make_pair_batch(g, MultiLayerFullNeighborSampler(1), pairs, item_entity)
+    top = batch.blocks[-1]
+    assert torch.equal(top.dstdata["node"][batch.pair_index], item_entity[pairs[:, 1]])
+    assert torch.equal(top.dstdata["user"][batch.pair_index], pairs[:, 0])
+    assert batch.labels.dtype == torch.float32
