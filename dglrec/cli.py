@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import click
@@ -72,7 +73,7 @@ def prep(dataset, raw_dir, out_dir, mirror, seed, recipe) -> None:
     from dglrec.config import load_recipe
     from dglrec.experiment import protocol_of
 
-    cfg = load_recipe(recipe, [f"data.name={dataset!r}"] if recipe is None else [], seed=seed)
+    cfg = load_recipe(recipe, [f"data.name={json.dumps(dataset)}"], seed=seed)
     protocol = protocol_of(cfg)
     data, directory = prepare(
         protocol,
