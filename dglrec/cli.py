@@ -139,11 +139,8 @@ def fit(recipe, overrides, seed, resume_run_id) -> None:
                 "continue with `dglrec fit --resume RUN_ID`"
             )
             sys.exit(130)
-    test = result.test
-    click.echo(
-        f"run {run_id}: best epoch {result.best_epoch}, "
-        f"test auc {test['auc']:.4f} acc {test['acc']:.4f} f1 {test['f1']:.4f}"
-    )
+    test = " ".join(f"{key} {value:.4f}" for key, value in result.test.items())
+    click.echo(f"run {run_id}: best epoch {result.best_epoch}, test {test}")
 
 
 @main.command()

@@ -46,8 +46,9 @@ class SamplerConfig:
 
     # "uniform": KGCN's fixed-size sample of n_neighbors per node (with replacement
     # only where the degree is below n_neighbors); "full": all neighbours
-    # (dgl.dataloading.MultiLayerFullNeighborSampler).
-    kind: Literal["uniform", "full"] = "uniform"
+    # (dgl.dataloading.MultiLayerFullNeighborSampler); "importance_topk": per user,
+    # the n_neighbors neighbours of highest sigmoid(e_u . e_r) (KAISG).
+    kind: Literal["uniform", "full", "importance_topk"] = "uniform"
     n_neighbors: int = 8
 
 
@@ -58,8 +59,12 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 5e-4
-    # Weight of the L2 penalty on the embeddings and weights a batch touches.
+    # Weight of the L2 penalty ½Σw² on embedding tables and weight matrices.
     l2: float = 1e-4
+    # "tables": every row of every table at every step (the KGCN reference code;
+    # with Adam this pulls all unused rows towards 0 by ~lr per step, which erases
+    # pretrained tables); "batch": only the rows the batch looked up.
+    l2_scope: Literal["tables", "batch"] = "tables"
     # Stop after this many epochs without a better eval metric; 0 never stops early.
     patience: int = 0
     device: str = "cpu"
@@ -73,6 +78,20 @@ class EvalConfig:
     threshold: float = 0.5
     # The eval-split metric that selects the best epoch (never a test metric).
     select_metric: Literal["auc", "acc", "f1"] = "auc"
+
+
+@dataclass
+class PretrainConfig:
+    """``[pretrain]``: TransE pretraining for ``[model] init = "transe"`` (cached)."""
+
+    epochs: int = 100
+    batch_size: int = 1024
+    lr: float = 0.01
+    margin: float = 1.0
+    p_norm: Literal[1, 2] = 1
+    # Scale the pretrained tables to the RMS of the model's own initialisation
+    # (TransE vectors have unit norm, ~40x Glorot's); directions are kept.
+    rescale: bool = True
 
 
 @dataclass
@@ -93,6 +112,7 @@ class RecipeConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     @property
@@ -101,7 +121,8 @@ class RecipeConfig:
 
     @property
     def model_kwargs(self) -> dict[str, Any]:
-        return {k: v for k, v in self.model.items() if k != "name"}
+        """The model constructor's hyper-parameters (``name`` and ``init`` are the builder's)."""
+        return {k: v for k, v in self.model.items() if k not in COMMON_MODEL_KEYS}
 
     @property
     def data_seed(self) -> int:
@@ -131,6 +152,14 @@ class RecipeConfig:
 
 
 SECTIONS = {f.name: f for f in dataclasses.fields(RecipeConfig)}
+
+# [model] keys every model has, read by the builder rather than the model:
+# name -> the registered class; init -> where the entity/relation tables start
+# ("random": the model's own initialisation; "transe": pretrained, see dglrec.kge).
+COMMON_MODEL_KEYS: dict[str, tuple[Any, Any]] = {
+    "name": (str, "kgcn"),
+    "init": (Literal["random", "transe"], "random"),
+}
 
 
 def _toml_value(value: Any) -> str:
@@ -254,13 +283,13 @@ def resolve(raw: dict[str, Any]) -> RecipeConfig:
 
     model = {"name": RecipeConfig().model_name, **raw.get("model", {})}
     name = model.get("name")
-    hparams = model_hparams(name)  # raises ConfigError naming model.name
+    hparams = {**COMMON_MODEL_KEYS, **model_hparams(name)}  # raises ConfigError naming model.name
     resolved = {"name": name}
     for key, value in model.items():
         if key == "name":
             continue
         if key not in hparams:
-            raise _unknown(f"model.{key}", ["name", *hparams])
+            raise _unknown(f"model.{key}", list(hparams))
         resolved[key] = coerce(value, hparams[key][0], f"model.{key}")
     for key, (_, default) in hparams.items():
         resolved.setdefault(key, default)

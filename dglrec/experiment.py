@@ -17,6 +17,7 @@ from dglrec import tracking
 from dglrec.config import RecipeConfig, apply_overrides, parse_override, resolve
 from dglrec.data import KGRecDataset
 from dglrec.errors import ConfigError, RunError
+from dglrec.kge import kge_fit, pretrained_tables
 from dglrec.registry import build_model
 from dglrec.sampling import build_sampler
 from dglrec.training import FitResult, Trainer, seed_everything
@@ -63,9 +64,22 @@ def build(cfg: RecipeConfig, dataset: KGRecDataset | None = None, log: Log = pri
         "n_relations": dataset.n_relations,
     }
     model = build_model(cfg.model_name, graph_args, cfg.model_kwargs)
+    if cfg.model["init"] == "transe":
+        if not hasattr(model, "load_kge_embeddings"):
+            raise ConfigError(f"model.init: {cfg.model_name} cannot start from TransE tables")
+        dim = model.entity_emb.embedding_dim
+        entity, relation = pretrained_tables(dataset, cfg.pretrain, dim, cfg.seed, log)
+        model.load_kge_embeddings(entity, relation, rescale=cfg.pretrain.rescale)
+    if task_of(model) == "kge":
+        return Experiment(cfg, dataset, model, None)
     n_layers = getattr(model, "n_layers", 1)
-    sampler = build_sampler(cfg.sampler.kind, n_layers, cfg.sampler.n_neighbors)
+    sampler = build_sampler(cfg.sampler.kind, n_layers, cfg.sampler.n_neighbors, model)
     return Experiment(cfg, dataset, model, sampler)
+
+
+def task_of(model: torch.nn.Module) -> str:
+    """``"ctr"`` (user-item scoring) unless the model declares another task (``"kge"``)."""
+    return getattr(model, "task", "ctr")
 
 
 def run_tags(cfg: RecipeConfig, dataset: KGRecDataset) -> dict:
@@ -102,13 +116,20 @@ def fit(
             run.set_tags(run_tags(cfg, experiment.dataset))
             run.log_text(cfg.to_toml(), "recipe.toml")
             run.log_metrics({f"data_{k}": v for k, v in experiment.dataset.meta["stats"].items()})
-        trainer = Trainer(experiment.model, experiment.dataset, experiment.sampler, cfg, run, log)
-        result = trainer.fit(resume=resume_state)
+        if task_of(experiment.model) == "kge":
+            if resume_state is not None:
+                raise RunError("resuming is supported for CTR models; KGE fits are short, rerun it")
+            result = kge_fit(cfg, experiment.dataset, experiment.model, run, log)
+        else:
+            trainer = Trainer(
+                experiment.model, experiment.dataset, experiment.sampler, cfg, run, log
+            )
+            result = trainer.fit(resume=resume_state)
         run.log_metrics({f"test_{k}": v for k, v in result.test.items()})
         run.log_metrics({"best_epoch": result.best_epoch})
         run.log_metrics({f"best_eval_{k}": v for k, v in result.best_eval.items()})
         if cfg.tracking.log_model:
-            run.log_model(trainer.model)
+            run.log_model(experiment.model)
         return run.run_id, result
 
 

@@ -34,8 +34,12 @@ per destination state, ``update_all``) and reads pair scores as
 node or edge. Pairs that share a user and an item share one state.
 
 ``edge_filter`` lets a sampler prune each destination state's in-edges as the
-blocks are conditioned (an importance top-K sampler keeps the K best edges for
-that user); pruned edges' sources are never expanded further down.
+blocks are conditioned (:class:`ImportanceTopK` keeps the K best edges for that
+user); pruned edges' sources are never expanded further down.
+
+Samplers as the recipe names them (``[sampler] kind``) are :class:`PairSampler`
+objects: a DGL block sampler plus an optional edge filter built from the model's
+current embeddings at every step.
 """
 
 from __future__ import annotations
@@ -49,8 +53,8 @@ from dgl.dataloading import BlockSampler, MultiLayerFullNeighborSampler
 
 from dglrec.errors import ConfigError
 
-# (dst state's user, relation, dst state index) of each candidate edge -> keep mask
-EdgeFilter = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# (user, relation, destination state, source entity) of each candidate edge -> keep mask
+EdgeFilter = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class FixedSizeNeighborSampler(BlockSampler):
@@ -116,13 +120,110 @@ class FixedSizeNeighborSampler(BlockSampler):
         return seed_nodes, output_nodes, blocks
 
 
-def build_sampler(kind: str, n_layers: int, n_neighbors: int) -> BlockSampler:
-    """The block sampler named by ``[sampler] kind``."""
+def top_k_per_group(
+    group: torch.Tensor, score: torch.Tensor, tie: torch.Tensor, k: int
+) -> torch.Tensor:
+    """Mask of the ``k`` highest-``score`` members of each group; ties go to the smaller ``tie``.
+
+    Three stable sorts (by ``tie``, then ``-score``, then ``group``) order each group
+    best first; members whose rank in their group is below ``k`` are kept.
+    """
+    order = torch.argsort(tie, stable=True)
+    order = order[torch.argsort(-score[order], stable=True)]
+    order = order[torch.argsort(group[order], stable=True)]
+    sorted_group = group[order]
+    size = torch.bincount(sorted_group)
+    first = torch.cumsum(size, 0) - size
+    rank = torch.arange(len(order)) - first[sorted_group]
+    keep = torch.zeros(len(order), dtype=torch.bool)
+    keep[order[rank < k]] = True
+    return keep
+
+
+def importance_scores(
+    model: torch.nn.Module, users: torch.Tensor, relations: torch.Tensor
+) -> torch.Tensor:
+    """KAISG's importance ``s(u, r) = sigmoid(e_u · e_r)`` from the model's current tables."""
+    user = model.user_emb.weight[users]
+    relation = model.relation_emb.weight[relations]
+    return torch.sigmoid((user * relation).sum(-1))
+
+
+class ImportanceTopK:
+    """Edge filter keeping, per (user, destination) state, the ``k`` in-edges of highest importance.
+
+    Importance is :func:`importance_scores` of the state's user and the edge's
+    relation, read from the model at call time (no gradient). Ties, frequent since
+    the score depends on the relation only, go to the neighbour with the smaller
+    entity id; a node with fewer than ``k`` neighbours keeps them all.
+    """
+
+    def __init__(self, k: int, model: torch.nn.Module):
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        self.k = k
+        self.model = model
+
+    @torch.no_grad()
+    def __call__(self, users, relations, dst_state, src_entity) -> torch.Tensor:
+        device = self.model.user_emb.weight.device
+        score = importance_scores(self.model, users.to(device), relations.to(device)).cpu()
+        return top_k_per_group(dst_state, score, src_entity, self.k)
+
+
+class PairSampler:
+    """What ``[sampler] kind`` names: pairs -> :class:`PairBatch`.
+
+    Args:
+        block_sampler: the DGL block sampler over the KG.
+        importance_k: if set, prune every state's in-edges to the top-k by
+            importance for its user (:class:`ImportanceTopK`).
+    """
+
+    def __init__(self, block_sampler: BlockSampler, importance_k: int | None = None):
+        self.block_sampler = block_sampler
+        self.importance_k = importance_k
+
+    def sample(
+        self,
+        kg: dgl.DGLGraph,
+        pairs: torch.Tensor,
+        item_entity: torch.Tensor,
+        model: torch.nn.Module | None = None,
+    ) -> PairBatch:
+        edge_filter = None
+        if self.importance_k is not None:
+            edge_filter = ImportanceTopK(self.importance_k, model)
+        return make_pair_batch(kg, self.block_sampler, pairs, item_entity, edge_filter)
+
+
+SAMPLER_KINDS = ("uniform", "full", "importance_topk")
+
+
+def build_sampler(kind: str, n_layers: int, n_neighbors: int, model=None) -> PairSampler:
+    """The sampler named by ``[sampler] kind``.
+
+    * ``uniform``: KGCN's fixed-size sample (:class:`FixedSizeNeighborSampler`);
+    * ``full``: all neighbours (:class:`dgl.dataloading.MultiLayerFullNeighborSampler`);
+    * ``importance_topk``: all neighbours, then per user the ``n_neighbors`` most
+      important (KAISG); needs a model with ``user_emb`` and ``relation_emb``.
+    """
     if kind == "full":
-        return MultiLayerFullNeighborSampler(n_layers)
+        return PairSampler(MultiLayerFullNeighborSampler(n_layers))
     if kind == "uniform":
-        return FixedSizeNeighborSampler(n_neighbors, n_layers)
-    raise ConfigError(f"sampler.kind: unknown sampler {kind!r}; allowed: 'full', 'uniform'")
+        return PairSampler(FixedSizeNeighborSampler(n_neighbors, n_layers))
+    if kind == "importance_topk":
+        if model is not None and not (
+            hasattr(model, "user_emb") and hasattr(model, "relation_emb")
+        ):
+            raise ConfigError(
+                f"sampler.kind: 'importance_topk' needs a model with user and relation "
+                f"embeddings; {type(model).__name__} has none"
+            )
+        return PairSampler(MultiLayerFullNeighborSampler(n_layers), importance_k=n_neighbors)
+    raise ConfigError(
+        f"sampler.kind: unknown sampler {kind!r}; allowed: {', '.join(SAMPLER_KINDS)}"
+    )
 
 
 def _unique_dst_first(dst_keys: torch.Tensor, edge_keys: torch.Tensor):
@@ -174,7 +275,8 @@ def condition_on_users(
         edge_src, edge_id = indices[slot], eids[slot]
         edge_rel = block.edata["rel"][edge_id]
         if edge_filter is not None:
-            keep = edge_filter(state_user[edge_state], edge_rel, edge_state)
+            src_entity = block.srcdata[dgl.NID][edge_src]
+            keep = edge_filter(state_user[edge_state], edge_rel, edge_state, src_entity)
             edge_state, edge_src, edge_rel = edge_state[keep], edge_src[keep], edge_rel[keep]
         # Source states: destination states first (self features), then new ones.
         src_keys, edge_src_state = _unique_dst_first(

@@ -1,6 +1,7 @@
 """One trainer for every user-item CTR model.
 
-Loop: Adam on ``mean BCE(logits, labels) + train.l2 * output.l2``; after each
+Loop: Adam on ``mean BCE(logits, labels) + train.l2 * L2`` (``L2`` over whole
+tables or the batch's rows, ``train.l2_scope``); after each
 epoch, metrics on the eval split, a checkpoint, and early stopping on
 ``eval.select_metric``. At the end the best epoch's weights are restored and the
 test split is scored once.
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 from dglrec.config import RecipeConfig
 from dglrec.data import KGRecDataset
 from dglrec.metrics import HIGHER_IS_BETTER, ctr_metrics
-from dglrec.sampling import PairBatch, make_pair_batch
+from dglrec.sampling import PairBatch, PairSampler
 
 EVAL_STREAM = 1_000_003  # any constant distinct from epoch numbers
 
@@ -79,22 +80,20 @@ class Trainer:
     Args:
         model: a registered model: ``model(blocks, pair_index) -> ScoreOutput``.
         dataset: the processed dataset (its splits and KG).
-        sampler: a DGL block sampler producing the model's ``n_layers`` blocks.
+        sampler: a :class:`~dglrec.sampling.PairSampler` giving the model's blocks.
         cfg: the resolved recipe.
         tracker: where metrics and checkpoints go (:class:`dglrec.tracking.MlflowRun`).
         log: one-line progress messages.
-        edge_filter: optional pruning applied while conditioning blocks on users.
     """
 
     def __init__(
         self,
         model: torch.nn.Module,
         dataset: KGRecDataset,
-        sampler,
+        sampler: PairSampler,
         cfg: RecipeConfig,
         tracker=None,
         log: Callable[[str], None] = print,
-        edge_filter=None,
     ):
         self.model = model.to(cfg.train.device)
         self.dataset = dataset
@@ -102,7 +101,6 @@ class Trainer:
         self.cfg = cfg
         self.tracker = tracker or NullTracker()
         self.log = log
-        self.edge_filter = edge_filter
         self.kg = dataset.kg_graph()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
 
@@ -117,9 +115,7 @@ class Trainer:
         )
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[order[start : start + batch_size]]
-            batch = make_pair_batch(
-                self.kg, self.sampler, chunk, self.dataset.item_entity, self.edge_filter
-            )
+            batch = self.sampler.sample(self.kg, chunk, self.dataset.item_entity, self.model)
             yield batch.to(self.cfg.train.device)
 
     @torch.no_grad()
@@ -156,7 +152,8 @@ class Trainer:
         for batch in bar:
             output = self.model(batch.blocks, batch.pair_index)
             bce = F.binary_cross_entropy_with_logits(output.logits, batch.labels)
-            loss = bce + self.cfg.train.l2 * output.l2
+            penalty = output.l2 if self.cfg.train.l2_scope == "tables" else output.l2_batch
+            loss = bce + self.cfg.train.l2 * penalty
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()

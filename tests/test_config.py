@@ -28,7 +28,13 @@ def test_defaults_recipe_and_overrides_in_order(tmp_path):
     assert cfg.train.epochs == 2  # --set beats the recipe
     assert cfg.train.lr == 0.01  # recipe beats the default
     assert cfg.train.batch_size == 128  # default
-    assert cfg.model == {"name": "kgcn", "dim": 32, "n_layers": 1, "aggregator": "concat"}
+    assert cfg.model == {
+        "name": "kgcn",
+        "init": "random",
+        "dim": 32,
+        "n_layers": 1,
+        "aggregator": "concat",
+    }
     assert cfg.seed == 9 and cfg.data_seed == 9
 
 
@@ -55,7 +61,10 @@ def test_unknown_section_and_model_key(tmp_path):
         ("train.epochs=2.5", "train.epochs: expected int, got 2.5"),
         ("train.lr=fast", "train.lr: expected float"),
         ("train.epochs=true", "train.epochs: expected int"),
-        ("sampler.kind=random", "sampler.kind: expected one of 'uniform', 'full'"),
+        (
+            "sampler.kind=random",
+            "sampler.kind: expected one of 'uniform', 'full', 'importance_topk'",
+        ),
         ("model.aggregator=max", "model.aggregator: expected one of 'sum', 'concat', 'neighbor'"),
         ("data.split=[0.6, 'x']", "data.split: expected a list of float"),
     ],

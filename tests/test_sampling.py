@@ -116,7 +116,7 @@ def test_edge_filter_prunes_before_expanding():
     g = hand_kg()
     _, _, blocks = MultiLayerFullNeighborSampler(2).sample(g, torch.tensor([1]))
 
-    def keep_rel_1(user, rel, dst_state):
+    def keep_rel_1(user, rel, dst_state, src_entity):
         return rel == 1
 
     cblocks, _ = condition_on_users(blocks, torch.tensor([0]), torch.tensor([0]), keep_rel_1)

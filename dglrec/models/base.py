@@ -13,13 +13,16 @@ class ScoreOutput:
 
     Attributes:
         logits: ``[n_pairs]`` pre-sigmoid scores, in the batch's pair order.
-        l2: scalar L2 penalty, ``½ Σ w²`` over the weights the model chooses
-            to regularise (TensorFlow's ``l2_loss``, as in the KGCN code); the
-            trainer adds ``train.l2 * l2`` to the loss.
+        l2: scalar L2 penalty ``½ Σ w²`` over the whole embedding tables and the
+            weight matrices (TensorFlow's ``l2_loss`` as the KGCN code applies it).
+        l2_batch: the same over only the table rows this batch looked up (and the
+            weight matrices). ``[train] l2_scope`` picks which one the trainer adds,
+            times ``train.l2``, to the loss.
     """
 
     logits: torch.Tensor
     l2: torch.Tensor
+    l2_batch: torch.Tensor
 
 
 def half_sq(*tensors: torch.Tensor) -> torch.Tensor:

@@ -157,12 +157,36 @@ class KGCN(nn.Module):
         item_h = self.item_representations(blocks)
         user = self.user_emb(blocks[-1].dstdata["user"])
         logits = (user * item_h).sum(-1)[pair_index]
-        return ScoreOutput(logits=logits, l2=self.l2_penalty())
+        matrices = half_sq(
+            *(m.weight for m in self.aggregators.modules() if isinstance(m, nn.Linear))
+        )
+        tables = half_sq(self.user_emb.weight, self.entity_emb.weight, self.relation_emb.weight)
+        # Rows this batch used: its users, every entity state's entity, its relations.
+        used_entities = torch.unique(torch.cat([b.srcdata["node"] for b in blocks]))
+        used_relations = torch.unique(torch.cat([b.edata["rel"] for b in blocks]))
+        rows = half_sq(
+            self.user_emb(torch.unique(blocks[-1].dstdata["user"])),
+            self.entity_emb(used_entities),
+            self.relation_emb(used_relations),
+        )
+        return ScoreOutput(logits=logits, l2=tables + matrices, l2_batch=rows + matrices)
 
-    def l2_penalty(self) -> torch.Tensor:
-        """``½ Σ w²`` over the embedding tables and aggregator weights (not biases).
+    @torch.no_grad()
+    def load_kge_embeddings(
+        self, entity: torch.Tensor, relation: torch.Tensor, rescale: bool = True
+    ) -> None:
+        """Start the entity and relation tables from pretrained ones (e.g. TransE).
 
-        As in the reference code, the whole tables are penalised at every step.
+        With ``rescale``, each table is scaled to the RMS of this model's own
+        initialisation: directions (the KG structure) are kept, while the scale,
+        which TransE fixes at unit norm, matches what the rest of the model and
+        its L2 penalty were tuned for.
         """
-        weights = [self.user_emb.weight, self.entity_emb.weight, self.relation_emb.weight]
-        return half_sq(*weights, *(layer.linear.weight for layer in self.aggregators))
+        for table, values in ((self.entity_emb, entity), (self.relation_emb, relation)):
+            if values.shape != table.weight.shape:
+                raise ValueError(
+                    f"pretrained table {tuple(values.shape)} != {tuple(table.weight.shape)}"
+                )
+            if rescale:
+                values = values * (table.weight.pow(2).mean().sqrt() / values.pow(2).mean().sqrt())
+            table.weight.copy_(values)
