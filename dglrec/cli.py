@@ -144,6 +144,30 @@ def fit(recipe, overrides, seed, resume_run_id) -> None:
 
 
 @main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Override a recipe value for every trial (repeatable).",
+)
+@click.option("--seed", type=int, help="Seed of every trial.")
+def sweep(recipe, overrides, seed) -> None:
+    """Fit every combination of RECIPE's [sweep] grid as child runs of one parent run.
+
+    The best trial is chosen by its eval metric ([eval] select_metric), never by test.
+    """
+    from dglrec.config import load_recipe
+    from dglrec.sweep import format_table, run_sweep
+
+    cfg = load_recipe(recipe, list(overrides), seed=seed)
+    parent_id, records = run_sweep(cfg, log=_echo)
+    click.echo(f"sweep run {parent_id}: {len(records)} trials")
+    click.echo(format_table(records, cfg.eval.select_metric), nl=False)
+
+
+@main.command()
 @click.argument("run_id")
 def evaluate(run_id) -> None:
     """Reload RUN_ID's logged model and re-score the test split.

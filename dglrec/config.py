@@ -114,6 +114,8 @@ class RecipeConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    # [sweep]: "section.key" = [values...]; `dglrec sweep` fits the grid (see dglrec.sweep).
+    sweep: dict[str, list] = field(default_factory=dict)
 
     @property
     def model_name(self) -> str:
@@ -145,9 +147,11 @@ class RecipeConfig:
         """The resolved recipe as TOML (None values are left out)."""
         lines = [f"seed = {_toml_value(self.seed)}"]
         for key, value in self.to_dict().items():
-            if isinstance(value, dict):
+            if isinstance(value, dict) and value:
                 lines.append(f"\n[{key}]")
-                lines += [f"{k} = {_toml_value(v)}" for k, v in value.items() if v is not None]
+                lines += [
+                    f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None
+                ]
         return "\n".join(lines) + "\n"
 
 
@@ -160,6 +164,10 @@ COMMON_MODEL_KEYS: dict[str, tuple[Any, Any]] = {
     "name": (str, "kgcn"),
     "init": (Literal["random", "transe"], "random"),
 }
+
+
+def _toml_key(key: str) -> str:
+    return key if key.replace("_", "").isalnum() else _toml_value(key)
 
 
 def _toml_value(value: Any) -> str:
@@ -251,6 +259,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     for item in overrides:
         key, value = parse_override(item)
         parts = key.split(".")
+        if parts[0] == "sweep" and len(parts) == 3:  # sweep.section.key=[values]
+            parts = ["sweep", ".".join(parts[1:])]
         if len(parts) == 1:
             raw[key] = value
         elif len(parts) == 2:
@@ -277,6 +287,13 @@ def resolve(raw: dict[str, Any]) -> RecipeConfig:
             raise ConfigError(f"{key}: expected a [{key}] table, got {value!r}")
         elif key == "model":
             continue
+        elif key == "sweep":
+            for path, values in value.items():
+                if not isinstance(values, list) or not values:
+                    raise ConfigError(f"sweep.{path}: expected a non-empty list of values")
+                if len(path.split(".")) != 2:
+                    raise ConfigError(f"sweep: {path!r} is not a section.key")
+            kwargs["sweep"] = dict(value)
         else:
             section_type = typing.get_type_hints(RecipeConfig)[key]
             kwargs[key] = build_section(section_type, value, key)

@@ -100,6 +100,7 @@ def fit(
     resume_run_id: str | None = None,
     resume_state: dict | None = None,
     log: Log = print,
+    parent_run_id: str | None = None,
 ) -> tuple[str, FitResult]:
     """Train a recipe into an MLflow run, new or resumed from a checkpoint of that run."""
     if resume_run_id is not None and resume_state is None:
@@ -109,6 +110,7 @@ def fit(
         cfg.tracking.experiment or cfg.data.name,
         run_name=cfg.tracking.run_name or f"{cfg.model_name}-s{cfg.seed}",
         run_id=resume_run_id,
+        parent_run_id=parent_run_id,
     ) as run:
         log(f"MLflow run {run.run_id} ({tracking.configure()})")
         if resume_run_id is None:

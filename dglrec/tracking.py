@@ -81,7 +81,13 @@ class MlflowRun:
     and on an error FAILED, so what was logged (checkpoints included) stays.
     """
 
-    def __init__(self, experiment: str, run_name: str | None = None, run_id: str | None = None):
+    def __init__(
+        self,
+        experiment: str,
+        run_name: str | None = None,
+        run_id: str | None = None,
+        parent_run_id: str | None = None,
+    ):
         configure()
         if run_id is not None:
             try:
@@ -91,7 +97,10 @@ class MlflowRun:
             self._run = mlflow.start_run(run_id=run_id)
         else:
             self._run = mlflow.start_run(
-                experiment_id=_experiment_id(experiment), run_name=run_name or None
+                experiment_id=_experiment_id(experiment),
+                run_name=run_name or None,
+                nested=parent_run_id is not None,
+                tags={"mlflow.parentRunId": parent_run_id} if parent_run_id else None,
             )
         self.run_id = self._run.info.run_id
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_tiny_kg
+from tests.conftest import write_tiny_kg
 
 import data_prep.kg_ctr as kg_ctr
 from data_prep.kg_ctr import CTRProtocol, build, prepare, sample_negatives
