@@ -88,16 +88,23 @@ def prep(dataset, raw_dir, out_dir, mirror, seed, recipe) -> None:
     click.echo(f"saved to {directory}")
 
 
+def recipe_options(command):
+    """``--set`` and ``--seed``, shared by the commands that read a recipe."""
+    command = click.option(
+        "--seed", type=int, help="Seed for split, negatives, init and sampling."
+    )(command)
+    return click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="SECTION.KEY=VALUE",
+        help="Override a recipe value, e.g. --set train.epochs=3 (repeatable).",
+    )(command)
+
+
 @main.command()
 @click.argument("recipe", required=False, type=click.Path(dir_okay=False))
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="SECTION.KEY=VALUE",
-    help="Override a recipe value, e.g. --set train.epochs=3 (repeatable).",
-)
-@click.option("--seed", type=int, help="Seed for split, negatives, init and sampling.")
+@recipe_options
 @click.option(
     "--resume",
     "resume_run_id",
@@ -145,14 +152,7 @@ def fit(recipe, overrides, seed, resume_run_id) -> None:
 
 @main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="SECTION.KEY=VALUE",
-    help="Override a recipe value for every trial (repeatable).",
-)
-@click.option("--seed", type=int, help="Seed of every trial.")
+@recipe_options
 def sweep(recipe, overrides, seed) -> None:
     """Fit every combination of RECIPE's [sweep] grid as child runs of one parent run.
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.conftest import write_tiny_kg
 
 import data_prep.kg_ctr as kg_ctr
 from data_prep.kg_ctr import CTRProtocol, build, prepare, sample_negatives
@@ -18,6 +17,7 @@ from data_prep.parsing import read_columns
 from data_prep.sources import download, resolve_raw_dir, sha256_of, verify
 from dglrec.data import KGRecDataset
 from dglrec.errors import ChecksumError, DataFormatError, DataSourceError
+from tests.conftest import write_tiny_kg
 
 # The published SHA-256 of the three Last.FM-KG files (../shared/data/SOURCES.md).
 PUBLISHED = {
