@@ -14,9 +14,12 @@ exactly as the uninterrupted run would have.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -103,6 +106,7 @@ class Trainer:
         self.log = log
         self.kg = dataset.kg_graph()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
+        self._interrupted = False
 
     # ------------------------------------------------------------------ batches
     def batches(
@@ -150,6 +154,8 @@ class Trainer:
             disable=None,
         )
         for batch in bar:
+            if self._interrupted:
+                raise KeyboardInterrupt
             output = self.model(batch.blocks, batch.pair_index)
             bce = F.binary_cross_entropy_with_logits(output.logits, batch.labels)
             penalty = output.l2 if self.cfg.train.l2_scope == "tables" else output.l2_batch
@@ -171,10 +177,36 @@ class Trainer:
     def fit(self, resume: dict | None = None) -> FitResult:
         """Train to ``train.epochs`` (or early stop), restore the best epoch, score test.
 
+        Ctrl-C (SIGINT) stops at the next batch with :class:`KeyboardInterrupt`;
+        every finished epoch is already checkpointed.
+
         Args:
             resume: a checkpoint written by this method (``checkpoints/last.pt``);
                 training continues after its epoch.
         """
+        with self._stop_on_sigint():
+            return self._fit(resume)
+
+    @contextlib.contextmanager
+    def _stop_on_sigint(self):
+        # A KeyboardInterrupt raised wherever the signal lands can be swallowed by
+        # library code (database retries, C extensions); a flag checked between
+        # batches always stops the loop at a clean point.
+        self._interrupted = False
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum, frame):
+            self._interrupted = True
+
+        previous = signal.signal(signal.SIGINT, request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _fit(self, resume: dict | None) -> FitResult:
         cfg = self.cfg
         metric = cfg.eval.select_metric
         sign = 1 if HIGHER_IS_BETTER[metric] else -1
@@ -189,6 +221,8 @@ class Trainer:
         for epoch in range(start, cfg.train.epochs + 1):
             if cfg.train.patience and bad_epochs >= cfg.train.patience:
                 break
+            if self._interrupted:
+                raise KeyboardInterrupt
             began = time.perf_counter()
             train_loss = self.train_epoch(epoch)
             seconds = time.perf_counter() - began
