@@ -19,8 +19,8 @@ from dglrec.data import KGRecDataset
 from dglrec.errors import ConfigError, RunError
 from dglrec.kge import kge_fit, pretrained_tables
 from dglrec.registry import build_model
-from dglrec.sampling import build_sampler
-from dglrec.training import FitResult, Trainer, seed_everything
+from dglrec.sampling import PairSampler, build_sampler
+from dglrec.training import FitResult, Trainer, seed_everything, uses_blocks
 
 Log = Callable[[str], None]
 
@@ -72,9 +72,15 @@ def build(cfg: RecipeConfig, dataset: KGRecDataset | None = None, log: Log = pri
         model.load_kge_embeddings(entity, relation, rescale=cfg.pretrain.rescale)
     if task_of(model) == "kge":
         return Experiment(cfg, dataset, model, None)
+    return Experiment(cfg, dataset, model, sampler_for(cfg, model))
+
+
+def sampler_for(cfg: RecipeConfig, model: torch.nn.Module) -> PairSampler:
+    """The recipe's sampler; models that need no KG blocks get id-only batches."""
+    if not uses_blocks(model):
+        return PairSampler(None)
     n_layers = getattr(model, "n_layers", 1)
-    sampler = build_sampler(cfg.sampler.kind, n_layers, cfg.sampler.n_neighbors, model)
-    return Experiment(cfg, dataset, model, sampler)
+    return build_sampler(cfg.sampler.kind, n_layers, cfg.sampler.n_neighbors, model)
 
 
 def task_of(model: torch.nn.Module) -> str:
@@ -175,11 +181,8 @@ def evaluate(run_id: str, log: Log = print) -> dict:
         raise RunError(f"run {run_id} has no test metrics (did it finish?)")
     model = tracking.load_model(run_id)
     dataset = load_dataset(cfg, log)
-    sampler = build_sampler(
-        cfg.sampler.kind, getattr(model, "n_layers", 1), cfg.sampler.n_neighbors
-    )
     cfg.train.device = "cpu"
-    trainer = Trainer(model, dataset, sampler, cfg, log=log)
+    trainer = Trainer(model, dataset, sampler_for(cfg, model), cfg, log=log)
     test = trainer.evaluate("test")
     logged = {k[len("test_") :]: v for k, v in logged_metrics.items() if k.startswith("test_")}
     return {"test": test, "logged": logged}

@@ -175,12 +175,13 @@ class PairSampler:
     """What ``[sampler] kind`` names: pairs -> :class:`PairBatch`.
 
     Args:
-        block_sampler: the DGL block sampler over the KG.
+        block_sampler: the DGL block sampler over the KG; ``None`` for models that
+            need no KG blocks (batches then carry only users, items and labels).
         importance_k: if set, prune every state's in-edges to the top-k by
             importance for its user (:class:`ImportanceTopK`).
     """
 
-    def __init__(self, block_sampler: BlockSampler, importance_k: int | None = None):
+    def __init__(self, block_sampler: BlockSampler | None, importance_k: int | None = None):
         self.block_sampler = block_sampler
         self.importance_k = importance_k
 
@@ -191,6 +192,9 @@ class PairSampler:
         item_entity: torch.Tensor,
         model: torch.nn.Module | None = None,
     ) -> PairBatch:
+        if self.block_sampler is None:  # models that score (user, item) without the KG
+            users, items, labels = pairs.unbind(1)
+            return PairBatch(users, items, labels.float(), [], torch.arange(len(pairs)))
         edge_filter = None
         if self.importance_k is not None:
             edge_filter = ImportanceTopK(self.importance_k, model)

@@ -57,6 +57,53 @@ def seed_everything(seed: int) -> None:
     dgl.seed(seed & 0x7FFFFFFF)
 
 
+def uses_blocks(model: torch.nn.Module) -> bool:
+    """KG models score from conditioned blocks; others (``uses_blocks = False``) from ids."""
+    return getattr(model, "uses_blocks", True)
+
+
+def objective_of(model: torch.nn.Module) -> str:
+    """``"bce"`` on the labelled pairs (default) or ``"bpr"`` on positives + sampled negatives."""
+    return getattr(model, "objective", "bce")
+
+
+def score(model: torch.nn.Module, batch: PairBatch):
+    """The model's :class:`~dglrec.models.base.ScoreOutput` for a batch."""
+    if uses_blocks(model):
+        return model(batch.blocks, batch.pair_index)
+    return model(batch.users, batch.items)
+
+
+class UnseenItemSampler:
+    """Draw, for each user, one item uniformly among those it has no positive for.
+
+    Exact and vectorised: with the user's sorted positives ``p_0 < p_1 < ...``, the
+    ``r``-th unseen item is ``r + #{m : p_m - m <= r}``, counted with one
+    ``searchsorted`` over all users' keys at once.
+
+    Args:
+        positives: ``[n, 2]`` (user, item) pairs to avoid.
+        n_items: number of items.
+    """
+
+    def __init__(self, positives: torch.Tensor, n_items: int):
+        self.n_items = n_items
+        keys = torch.unique(positives[:, 0] * n_items + positives[:, 1])  # sorted
+        self.keys = keys
+        user = keys // n_items
+        local = torch.arange(len(keys)) - torch.searchsorted(keys, user * n_items)
+        self.adjusted = user * n_items + (keys % n_items - local)  # non-decreasing
+
+    def __call__(self, users: torch.Tensor) -> torch.Tensor:
+        base = users * self.n_items
+        start = torch.searchsorted(self.keys, base)
+        n_positive = torch.searchsorted(self.keys, base + self.n_items) - start
+        n_unseen = (self.n_items - n_positive).clamp(min=1)  # a user who saw all: item 0..
+        rank = (torch.rand(len(users)) * n_unseen).long().clamp(max=n_unseen - 1)
+        before = torch.searchsorted(self.adjusted, base + rank, right=True) - start
+        return (rank + before).clamp(max=self.n_items - 1)
+
+
 class NullTracker:
     """Tracking that records nothing (benchmarks, unit tests)."""
 
@@ -107,6 +154,7 @@ class Trainer:
         self.kg = dataset.kg_graph()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
         self._interrupted = False
+        self._unseen: UnseenItemSampler | None = None
 
     # ------------------------------------------------------------------ batches
     def batches(
@@ -128,7 +176,7 @@ class Trainer:
         self.model.eval()
         reseed_sampling(derived_seed(self.cfg.seed, EVAL_STREAM))
         out = [
-            torch.sigmoid(self.model(batch.blocks, batch.pair_index).logits).cpu()
+            torch.sigmoid(score(self.model, batch).logits).cpu()
             for batch in self.batches(pairs, self.cfg.eval.batch_size)
         ]
         return torch.cat(out).numpy()
@@ -144,6 +192,8 @@ class Trainer:
         reseed_sampling(derived_seed(self.cfg.seed, epoch))
         generator = torch.Generator().manual_seed(derived_seed(self.cfg.seed, epoch))
         pairs = self.dataset.splits["train"]
+        if objective_of(self.model) == "bpr":  # BPR learns from positives and sampled negatives
+            pairs = pairs[pairs[:, 2] == 1]
         n_batches = -(-len(pairs) // self.cfg.train.batch_size)
         total, count = 0.0, 0
         bar = tqdm(
@@ -156,17 +206,34 @@ class Trainer:
         for batch in bar:
             if self._interrupted:
                 raise KeyboardInterrupt
-            output = self.model(batch.blocks, batch.pair_index)
-            bce = F.binary_cross_entropy_with_logits(output.logits, batch.labels)
-            penalty = output.l2 if self.cfg.train.l2_scope == "tables" else output.l2_batch
-            loss = bce + self.cfg.train.l2 * penalty
+            if objective_of(self.model) == "bpr":
+                data_loss, penalty = self._bpr_terms(batch)
+            else:
+                output = score(self.model, batch)
+                data_loss = F.binary_cross_entropy_with_logits(output.logits, batch.labels)
+                penalty = self._penalty(output)
+            loss = data_loss + self.cfg.train.l2 * penalty
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
-            total += float(bce) * len(batch.labels)
+            total += float(data_loss) * len(batch.labels)
             count += len(batch.labels)
-            bar.set_postfix(bce=f"{total / count:.4f}")
+            bar.set_postfix(loss=f"{total / count:.4f}")
         return total / count
+
+    def _penalty(self, output) -> torch.Tensor:
+        return output.l2 if self.cfg.train.l2_scope == "tables" else output.l2_batch
+
+    def _bpr_terms(self, batch: PairBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """BPR: ``-log σ(s_ui - s_uj)`` with ``j`` drawn among the user's non-positives."""
+        if self._unseen is None:
+            train = self.dataset.splits["train"]
+            self._unseen = UnseenItemSampler(train[train[:, 2] == 1][:, :2], self.dataset.n_items)
+        negatives = self._unseen(batch.users.cpu()).to(batch.users.device)
+        positive = self.model(batch.users, batch.items)
+        negative = self.model(batch.users, negatives)
+        loss = F.softplus(negative.logits - positive.logits).mean()
+        return loss, self._penalty(positive) + self._penalty(negative)
 
     def _checkpoint(self, state: dict, name: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:

@@ -97,3 +97,18 @@ def test_recipes_fit_end_to_end_on_tiny_kg(recipe, overrides, tiny_raw, isolated
         logs.clear()
         experiment.fit(cfg, log=logs.append)
         assert any("using cached TransE" in line for line in logs)
+
+
+def test_evaluate_rescores_an_importance_topk_run(tiny_raw, isolated):
+    """`dglrec evaluate` rebuilds the top-K sampler around the reloaded model."""
+    from pathlib import Path
+
+    cfg = load_recipe(
+        Path(__file__).parents[1] / "recipes" / "kaisg.toml",
+        ["data.name=tiny-kg", f"data.raw_dir={tiny_raw}", "train.epochs=1", "pretrain.epochs=2"],
+        seed=4,
+    )
+    run_id, _ = experiment.fit(cfg, log=lambda _: None)
+    out = experiment.evaluate(run_id, log=lambda _: None)
+    for key, value in out["test"].items():
+        assert abs(value - out["logged"][key]) < 1e-9, key
