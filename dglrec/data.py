@@ -59,6 +59,24 @@ class KGRecDataset:
         kg.edata["rel"] = self.graph.edges["kg"].data["rel"]
         return kg
 
+    def interaction_graph(self) -> dgl.DGLGraph:
+        """The training user–item graph, homogeneous: users ``0..U-1``, items ``U..U+I-1``.
+
+        Both directions of every training positive, with edge data ``norm`` =
+        ``1 / sqrt(deg(u) deg(i))`` (LightGCN's symmetric normalisation).
+        """
+        train = self.splits["train"]
+        positives = train[train[:, 2] == 1]
+        users, items = positives[:, 0], positives[:, 1] + self.n_users
+        graph = dgl.graph(
+            (torch.cat([users, items]), torch.cat([items, users])),
+            num_nodes=self.n_users + self.n_items,
+        )
+        degree = graph.in_degrees().float().clamp(min=1)
+        src, dst = graph.edges()
+        graph.edata["norm"] = (degree[src] * degree[dst]).rsqrt()
+        return graph
+
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {f"split_{name}": self.splits[name] for name in SPLITS}

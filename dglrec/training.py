@@ -67,11 +67,23 @@ def objective_of(model: torch.nn.Module) -> str:
     return getattr(model, "objective", "bce")
 
 
-def score(model: torch.nn.Module, batch: PairBatch):
+def needs_graph(model: torch.nn.Module) -> bool:
+    """Id-scoring models that propagate over the training user–item graph (LightGCN)."""
+    return getattr(model, "needs_graph", False)
+
+
+def score(model: torch.nn.Module, batch: PairBatch, graph: dgl.DGLGraph | None = None):
     """The model's :class:`~dglrec.models.base.ScoreOutput` for a batch."""
     if uses_blocks(model):
         return model(batch.blocks, batch.pair_index)
-    return model(batch.users, batch.items)
+    return score_ids(model, batch.users, batch.items, graph)
+
+
+def score_ids(model, users: torch.Tensor, items: torch.Tensor, graph: dgl.DGLGraph | None = None):
+    """Scores of ``(user, item)`` ids for models that need no KG blocks."""
+    if needs_graph(model):
+        return model(users, items, graph)
+    return model(users, items)
 
 
 class UnseenItemSampler:
@@ -152,6 +164,9 @@ class Trainer:
         self.tracker = tracker or NullTracker()
         self.log = log
         self.kg = dataset.kg_graph()
+        self.graph = (
+            dataset.interaction_graph().to(cfg.train.device) if needs_graph(model) else None
+        )
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
         self._interrupted = False
         self._unseen: UnseenItemSampler | None = None
@@ -176,7 +191,7 @@ class Trainer:
         self.model.eval()
         reseed_sampling(derived_seed(self.cfg.seed, EVAL_STREAM))
         out = [
-            torch.sigmoid(score(self.model, batch).logits).cpu()
+            torch.sigmoid(score(self.model, batch, self.graph).logits).cpu()
             for batch in self.batches(pairs, self.cfg.eval.batch_size)
         ]
         return torch.cat(out).numpy()
@@ -209,7 +224,7 @@ class Trainer:
             if objective_of(self.model) == "bpr":
                 data_loss, penalty = self._bpr_terms(batch)
             else:
-                output = score(self.model, batch)
+                output = score(self.model, batch, self.graph)
                 data_loss = F.binary_cross_entropy_with_logits(output.logits, batch.labels)
                 penalty = self._penalty(output)
             loss = data_loss + self.cfg.train.l2 * penalty
@@ -230,8 +245,8 @@ class Trainer:
             train = self.dataset.splits["train"]
             self._unseen = UnseenItemSampler(train[train[:, 2] == 1][:, :2], self.dataset.n_items)
         negatives = self._unseen(batch.users.cpu()).to(batch.users.device)
-        positive = self.model(batch.users, batch.items)
-        negative = self.model(batch.users, negatives)
+        positive = score_ids(self.model, batch.users, batch.items, self.graph)
+        negative = score_ids(self.model, batch.users, negatives, self.graph)
         loss = F.softplus(negative.logits - positive.logits).mean()
         return loss, self._penalty(positive) + self._penalty(negative)
 
