@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import copy
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -166,8 +167,9 @@ def resume_point(run_id: str, overrides: list[str] | None = None) -> tuple[Recip
 
 
 def config_of_run(run_id: str) -> RecipeConfig:
-    """The resolved recipe a run was trained with (from its last checkpoint)."""
-    return resolve(load_checkpoint(run_id)["config"])
+    """The resolved recipe a run was trained with (its ``recipe.toml`` artifact)."""
+    text = tracking.download_artifact(run_id, "recipe.toml").read_text()
+    return resolve(tomllib.loads(text))
 
 
 def evaluate(run_id: str, log: Log = print) -> dict:

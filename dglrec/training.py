@@ -167,7 +167,9 @@ class Trainer:
         self.graph = (
             dataset.interaction_graph().to(cfg.train.device) if needs_graph(model) else None
         )
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        # Count-based baselines (Pop) have nothing to train: they are only evaluated.
+        self.optimizer = torch.optim.Adam(trainable, lr=cfg.train.lr) if trainable else None
         self._interrupted = False
         self._unseen: UnseenItemSampler | None = None
 
@@ -290,6 +292,16 @@ class Trainer:
 
     def _fit(self, resume: dict | None) -> FitResult:
         cfg = self.cfg
+        if self.optimizer is None:
+            evaluation, test = self.evaluate("eval"), self.evaluate("test")
+            self.tracker.log_metrics({f"eval_{k}": v for k, v in evaluation.items()}, step=0)
+            self.log(f"no trainable parameters: evaluated only; test auc {test['auc']:.4f}")
+            return FitResult(
+                0,
+                evaluation,
+                test,
+                [{"epoch": 0, **{f"eval_{k}": v for k, v in evaluation.items()}}],
+            )
         metric = cfg.eval.select_metric
         sign = 1 if HIGHER_IS_BETTER[metric] else -1
         start, history, best, bad_epochs = 1, [], None, 0

@@ -1,3 +1,3 @@
 """Built-in models; importing this package registers them."""
 
-from dglrec.models import bprmf, kaisg, kgcn, lightgcn, mgwa, transe  # noqa: F401
+from dglrec.models import bprmf, kaisg, kgcn, lightgcn, mgwa, pop, transe  # noqa: F401

@@ -1,0 +1,27 @@
+"""Pop: a parameter-free model that the trainer only evaluates."""
+
+from pathlib import Path
+
+import torch
+
+from dglrec import experiment, tracking
+from dglrec.config import load_recipe
+from dglrec.metrics import roc_auc
+
+
+def test_pop_scores_training_popularity_and_evaluates(tiny_raw, isolated):
+    cfg = load_recipe(
+        Path(__file__).parents[1] / "recipes" / "pop.toml",
+        ["data.name=tiny-kg", f"data.raw_dir={tiny_raw}"],
+        seed=6,
+    )
+    run_id, result = experiment.fit(cfg, log=lambda _: None)
+    dataset = experiment.load_dataset(cfg, log=lambda _: None)
+    train, test = dataset.splits["train"], dataset.splits["test"]
+    counts = torch.bincount(train[train[:, 2] == 1][:, 1], minlength=dataset.n_items)
+    assert result.best_epoch == 0
+    assert abs(result.test["auc"] - roc_auc(test[:, 2].numpy(), counts[test[:, 1]].numpy())) < 1e-12
+    _, metrics, _ = tracking.get_run(run_id)
+    assert metrics["test_auc"] == result.test["auc"]
+    out = experiment.evaluate(run_id, log=lambda _: None)
+    assert abs(out["test"]["auc"] - out["logged"]["auc"]) < 1e-12
