@@ -145,12 +145,12 @@ class RecipeConfig:
 
     def to_toml(self) -> str:
         """The resolved recipe as TOML (None values are left out)."""
-        lines = [f"seed = {_toml_value(self.seed)}"]
+        lines = [f"seed = {toml_value(self.seed)}"]
         for key, value in self.to_dict().items():
             if isinstance(value, dict) and value:
                 lines.append(f"\n[{key}]")
                 lines += [
-                    f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None
+                    f"{_toml_key(k)} = {toml_value(v)}" for k, v in value.items() if v is not None
                 ]
         return "\n".join(lines) + "\n"
 
@@ -167,16 +167,16 @@ COMMON_MODEL_KEYS: dict[str, tuple[Any, Any]] = {
 
 
 def _toml_key(key: str) -> str:
-    return key if key.replace("_", "").isalnum() else _toml_value(key)
+    return key if key.replace("_", "").isalnum() else toml_value(key)
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\t", "\\t") + '"'
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     return repr(value)
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dglrec import tracking
-from dglrec.config import RecipeConfig, _toml_value, apply_overrides, resolve
+from dglrec.config import RecipeConfig, apply_overrides, resolve, toml_value
 from dglrec.errors import ConfigError
 
 
@@ -39,7 +39,7 @@ def expand(cfg: RecipeConfig) -> list[Trial]:
     keys = list(cfg.sweep)
     trials = []
     for values in itertools.product(*(cfg.sweep[k] for k in keys)):
-        overrides = [f"{k}={_toml_value(v)}" for k, v in zip(keys, values, strict=True)]
+        overrides = [f"{k}={toml_value(v)}" for k, v in zip(keys, values, strict=True)]
         try:
             trial_cfg = resolve(apply_overrides(copy.deepcopy(base), overrides))
         except ConfigError as exc:

@@ -53,8 +53,7 @@ def reseed_sampling(seed: int) -> None:
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    dgl.seed(seed & 0x7FFFFFFF)
+    reseed_sampling(seed)
 
 
 def uses_blocks(model: torch.nn.Module) -> bool:
@@ -247,10 +246,16 @@ class Trainer:
             train = self.dataset.splits["train"]
             self._unseen = UnseenItemSampler(train[train[:, 2] == 1][:, :2], self.dataset.n_items)
         negatives = self._unseen(batch.users.cpu()).to(batch.users.device)
-        positive = score_ids(self.model, batch.users, batch.items, self.graph)
-        negative = score_ids(self.model, batch.users, negatives, self.graph)
-        loss = F.softplus(negative.logits - positive.logits).mean()
-        return loss, self._penalty(positive) + self._penalty(negative)
+        # One call scores positives and negatives: graph models propagate once per step.
+        n = len(batch.users)
+        both = score_ids(
+            self.model,
+            torch.cat([batch.users, batch.users]),
+            torch.cat([batch.items, negatives]),
+            self.graph,
+        )
+        loss = F.softplus(both.logits[n:] - both.logits[:n]).mean()
+        return loss, self._penalty(both)
 
     def _checkpoint(self, state: dict, name: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:

@@ -100,3 +100,13 @@ def lastfm_raw() -> Path:
     if not (path / "kg.txt").is_file():
         pytest.skip(f"real Last.FM-KG files not found under {path} (set DGLREC_RAW_DIR)")
     return path
+
+
+def assert_evaluate_matches(run_id: str, tolerance: float = 1e-9) -> None:
+    """`dglrec evaluate` re-scores the logged model to the run's logged test metrics."""
+    from dglrec import experiment
+
+    out = experiment.evaluate(run_id, log=lambda _: None)
+    assert set(out["test"]) <= set(out["logged"]), out
+    for key, value in out["test"].items():
+        assert abs(value - out["logged"][key]) < tolerance, key
