@@ -68,6 +68,11 @@ class TrainConfig:
     # Stop after this many epochs without a better eval metric; 0 never stops early.
     patience: int = 0
     device: str = "cpu"
+    # Multi-task models (MKR family) alternate objectives: after every kge_interval-th
+    # recommendation step (counted over the whole run), one KGE step on a batch of
+    # batch_size KG triples, with its own Adam optimizer at lr_kge. Other models ignore these.
+    kge_interval: int = 1
+    lr_kge: float = 2e-4
 
 
 @dataclass

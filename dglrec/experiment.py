@@ -18,7 +18,8 @@ from dglrec import tracking
 from dglrec.config import RecipeConfig, apply_overrides, parse_override, resolve
 from dglrec.data import KGRecDataset
 from dglrec.errors import ConfigError, RunError
-from dglrec.kge import kge_fit, pretrained_tables
+from dglrec.kge import kg_triples, kge_fit, pretrained_tables
+from dglrec.models.base import TrainingTensors
 from dglrec.registry import build_model
 from dglrec.sampling import PairSampler, build_sampler
 from dglrec.training import FitResult, Trainer, seed_everything, uses_blocks
@@ -65,6 +66,8 @@ def build(cfg: RecipeConfig, dataset: KGRecDataset | None = None, log: Log = pri
         "n_relations": dataset.n_relations,
     }
     model = build_model(cfg.model_name, graph_args, cfg.model_kwargs)
+    if hasattr(model, "bind_training_data"):
+        model.bind_training_data(training_tensors(dataset, cfg.seed))
     if cfg.model["init"] == "transe":
         if not hasattr(model, "load_kge_embeddings"):
             raise ConfigError(f"model.init: {cfg.model_name} cannot start from TransE tables")
@@ -74,6 +77,17 @@ def build(cfg: RecipeConfig, dataset: KGRecDataset | None = None, log: Log = pri
     if task_of(model) == "kge":
         return Experiment(cfg, dataset, model, None)
     return Experiment(cfg, dataset, model, sampler_for(cfg, model))
+
+
+def training_tensors(dataset: KGRecDataset, seed: int) -> TrainingTensors:
+    """The training split, alignment and triples a model may see (never eval/test)."""
+    return TrainingTensors(
+        train_pairs=dataset.splits["train"],
+        item_entity=dataset.item_entity,
+        triples=kg_triples(dataset),
+        n_entities=dataset.n_entities,
+        seed=seed,
+    )
 
 
 def sampler_for(cfg: RecipeConfig, model: torch.nn.Module) -> PairSampler:

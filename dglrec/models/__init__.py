@@ -1,3 +1,14 @@
 """Built-in models; importing this package registers them."""
 
-from dglrec.models import bprmf, kaisg, kgcn, lightgcn, mgwa, pop, transe  # noqa: F401
+from dglrec.models import (  # noqa: F401
+    bprmf,
+    kaisg,
+    kgcn,
+    lightgcn,
+    mgwa,
+    mkr,
+    mmss_mkr,
+    pop,
+    ripplenet,
+    transe,
+)
