@@ -1,0 +1,131 @@
+"""RippleNet: ripple sets from training positives only, the forward pass, the recipe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dglrec import experiment
+from dglrec.config import load_recipe
+from dglrec.models.base import TrainingTensors
+from dglrec.models.ripplenet import RippleNet
+from dglrec.ripple import build_ripple_sets, sample_per_group
+from tests.conftest import assert_evaluate_matches
+
+RECIPES = Path(__file__).parents[1] / "recipes"
+
+
+def test_ripple_sets_never_reach_a_test_item_through_test_interactions():
+    # Entities: items A=0, B=1, C=2; attributes X=3, Y=4, Z=5.
+    # User 0 listened to A in training and to B only in test; user 1 listened to B in training.
+    triples = torch.tensor([[0, 0, 3], [1, 1, 4], [2, 0, 5], [1, 2, 5]])
+    train_positives = torch.tensor([[0, 0], [1, 1]])  # (user, entity)
+    ripple = build_ripple_sets(train_positives, triples, 2, 6, n_hop=2, n_memory=2, seed=0)
+    # User 0: hop 0 only A's triple; hop 1 continues from X, which leads back to A only.
+    assert set(ripple.heads[0, 0].tolist()) == {0}
+    assert set(ripple.tails[0, 0].tolist()) == {3}
+    assert set(ripple.heads[0, 1].tolist()) == {3} and set(ripple.tails[0, 1].tolist()) == {0}
+    reached_by_user0 = set(ripple.heads[0].flatten().tolist()) | set(
+        ripple.tails[0].flatten().tolist()
+    )
+    assert not reached_by_user0 & {1, 4, 5, 2}  # B, its attribute Y, and B's neighbourhood
+    # User 1's ripples start from B (its training positive): (B, r1, Y) and (B, r2, Z).
+    assert set(ripple.heads[1, 0].tolist()) == {1}
+    assert set(ripple.tails[1, 0].tolist()) == {4, 5}
+    assert ripple.mask.tolist() == [True, True]
+
+
+def test_ripple_sets_on_the_tiny_kg_hold_only_training_positives_at_hop_zero(tiny_raw, isolated):
+    cfg = load_recipe(
+        RECIPES / "ripplenet.toml", ["data.name=tiny-kg", f"data.raw_dir={tiny_raw}"], seed=2
+    )
+    built = experiment.build(cfg, log=lambda _: None)
+    dataset, model = built.dataset, built.model
+    train = dataset.splits["train"]
+    entity = dataset.item_entity
+    train_entities = {
+        (u, e)
+        for u, e in zip(
+            train[train[:, 2] == 1, 0].tolist(),
+            entity[train[train[:, 2] == 1, 1]].tolist(),
+            strict=True,
+        )
+    }
+    heads = model.memory_heads[:, 0]
+    for user in range(dataset.n_users):
+        if model.has_memory[user]:
+            assert {(user, h) for h in heads[user].tolist()} <= train_entities
+    # Held-out positives that are not also training positives never seed a ripple.
+    for split in ("eval", "test"):
+        pairs = dataset.splits[split]
+        for u, item in pairs[pairs[:, 2] == 1, :2].tolist():
+            e = int(entity[item])
+            if (u, e) not in train_entities:
+                assert e not in heads[u].tolist()
+
+
+def test_memory_sampling_is_without_replacement_when_possible():
+    group = torch.tensor([0, 0, 0, 0, 0, 1, 1, 3])  # sizes 5, 2, 0, 1
+    chosen, has = sample_per_group(group, 4, 3, torch.Generator().manual_seed(1))
+    assert has.tolist() == [True, True, False, True]
+    assert len(set(chosen[0].tolist())) == 3 and set(chosen[0].tolist()) <= {0, 1, 2, 3, 4}
+    assert set(chosen[1].tolist()) <= {5, 6}
+    assert chosen[3].tolist() == [7, 7, 7]
+    again, _ = sample_per_group(group, 4, 3, torch.Generator().manual_seed(1))
+    assert torch.equal(chosen, again)
+
+
+def test_forward_matches_a_loop_reference():
+    torch.manual_seed(0)
+    model = RippleNet(n_users=3, n_items=4, n_entities=8, n_relations=3, dim=4, n_hop=2, n_memory=3)
+    triples = torch.tensor([[0, 0, 4], [1, 1, 5], [2, 2, 6], [3, 0, 7], [4, 1, 5], [5, 2, 6]])
+    pairs = torch.tensor([[0, 0, 1], [0, 2, 1], [1, 1, 1], [2, 3, 0], [1, 3, 1]])
+    model.bind_training_data(TrainingTensors(pairs, torch.arange(4), triples, 8, seed=3))
+    model.eval()
+    users, items = torch.tensor([0, 1, 1]), torch.tensor([3, 2, 0])
+    logits = model(users, items).logits
+    for n, (u, i) in enumerate(zip(users.tolist(), items.tolist(), strict=True)):
+        v = model.entity_emb.weight[i]
+        total = torch.zeros(4)
+        for hop in range(2):
+            terms, weights = [], []
+            for m in range(3):
+                h = model.entity_emb.weight[model.memory_heads[u, hop, m]]
+                r = model.relation_emb.weight[model.memory_relations[u, hop, m]].view(4, 4)
+                t = model.entity_emb.weight[model.memory_tails[u, hop, m]]
+                weights.append(torch.dot(v, r @ h))
+                terms.append(t)
+            p = torch.softmax(torch.stack(weights), 0)
+            o = sum(p[m] * terms[m] for m in range(3))
+            v = model.transform.weight @ (v + o)
+            total = total + o
+        assert logits[n].item() == pytest.approx(torch.dot(v, total).item(), abs=1e-5)
+
+
+def test_kge_term_is_a_training_loss_that_moves_relation_gradients():
+    torch.manual_seed(0)
+    model = RippleNet(n_users=2, n_items=3, n_entities=6, n_relations=2, dim=4, n_hop=1, n_memory=2)
+    triples = torch.tensor([[0, 0, 3], [1, 1, 4], [2, 0, 5]])
+    pairs = torch.tensor([[0, 0, 1], [1, 1, 1], [1, 2, 0]])
+    model.bind_training_data(TrainingTensors(pairs, torch.arange(3), triples, 6, seed=0))
+    model.train()
+    out = model(torch.tensor([0, 1]), torch.tensor([2, 0]))
+    assert set(out.aux) == {"loss_kge"} and out.aux["loss_kge"].item() < 0
+    out.aux["loss_kge"].backward()
+    assert model.relation_emb.weight.grad.abs().sum() > 0
+    model.eval()
+    assert model(torch.tensor([0]), torch.tensor([2])).aux == {}
+
+
+def test_ripplenet_recipe_fits_end_to_end_on_tiny_kg(tiny_raw, isolated):
+    cfg = load_recipe(
+        RECIPES / "ripplenet.toml",
+        ["data.name=tiny-kg", f"data.raw_dir={tiny_raw}", "train.epochs=2", "train.batch_size=64"],
+        seed=5,
+    )
+    run_id, result = experiment.fit(cfg, log=lambda _: None)
+    assert "train_loss_kge" in result.history[0]
+    assert len(result.history) == 2
+    assert_evaluate_matches(run_id)
