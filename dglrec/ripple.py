@@ -25,7 +25,7 @@ import torch
 
 @dataclass
 class RippleSets:
-    """``heads``, ``relations``, ``tails``: ``[n_users, n_hop, n_memory]``; ``mask``: ``[n_users]``."""
+    """Memories ``[n_users, n_hop, n_memory]`` and ``mask`` ``[n_users]`` (False: no memory)."""
 
     heads: torch.Tensor
     relations: torch.Tensor
