@@ -94,8 +94,9 @@ def sampler_for(cfg: RecipeConfig, model: torch.nn.Module) -> PairSampler:
     """The recipe's sampler; models that need no KG blocks get id-only batches."""
     if not uses_blocks(model):
         return PairSampler(None)
-    n_layers = getattr(model, "n_layers", 1)
-    return build_sampler(cfg.sampler.kind, n_layers, cfg.sampler.n_neighbors, model)
+    # Blocks to sample: the model's hops, or more where it reads a wider field (KGNN-LS).
+    n_blocks = getattr(model, "n_blocks", getattr(model, "n_layers", 1))
+    return build_sampler(cfg.sampler.kind, n_blocks, cfg.sampler.n_neighbors, model)
 
 
 def task_of(model: torch.nn.Module) -> str:

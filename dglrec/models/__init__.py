@@ -4,6 +4,7 @@ from dglrec.models import (  # noqa: F401
     bprmf,
     kaisg,
     kgcn,
+    kgnn_ls,
     lightgcn,
     mgwa,
     mkr,

@@ -143,8 +143,10 @@ class KGCN(nn.Module):
 
     def item_representations(self, blocks: list[dgl.DGLGraph]) -> torch.Tensor:
         """``[num_dst, d]``: ``h^{(H)}`` of ``blocks[-1]``'s destination states."""
-        if len(blocks) != self.n_layers:
-            raise ValueError(f"KGCN has {self.n_layers} layers but got {len(blocks)} blocks")
+        if len(blocks) != len(self.aggregators):
+            raise ValueError(
+                f"KGCN has {len(self.aggregators)} layers but got {len(blocks)} blocks"
+            )
         h = self.entity_emb(blocks[0].srcdata["node"])
         for block, aggregator in zip(blocks, self.aggregators, strict=True):
             user = self.user_emb(block.dstdata["user"])
