@@ -57,7 +57,7 @@ def main() -> None:
                 "run_id": run_id,
                 "best_epoch": result.best_epoch,
                 "wall_s": time.perf_counter() - began,
-                "s_per_epoch": statistics.mean(h["epoch_seconds"] for h in result.history),
+                "s_per_epoch": statistics.mean(h.get("epoch_seconds", 0.0) for h in result.history),
                 **{f"eval_{k}": v for k, v in result.best_eval.items()},
                 **{f"test_{k}": v for k, v in result.test.items()},
             }

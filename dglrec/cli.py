@@ -33,6 +33,7 @@ def main() -> None:
     \b
     Typical session:
       dglrec prep lastfm-kg                      # parse raw files into a DGL heterograph
+      dglrec prep hetrec2011-lastfm-2k           # user-artist graph with liking scores
       dglrec fit recipes/kgcn.toml               # train, evaluate, log to ./mlruns
       dglrec fit recipes/kgcn.toml --set train.epochs=3 --seed 7
       dglrec evaluate RUN_ID                     # re-score a logged model on test
@@ -69,13 +70,24 @@ def prep(dataset, raw_dir, out_dir, mirror, seed, recipe) -> None:
     Raw files are taken from --raw, else $DGLREC_RAW_DIR/DATASET/, else downloaded
     (from --mirror / $DGLREC_MIRROR, or the public sites) and checked by SHA-256.
     """
+    from data_prep.hetrec import DATASET as HETREC
+    from data_prep.hetrec import prepare as prepare_edges
     from data_prep.kg_ctr import prepare
     from dglrec.config import load_recipe
-    from dglrec.experiment import protocol_of
+    from dglrec.experiment import edge_protocol_of, protocol_of
 
-    cfg = load_recipe(recipe, [f"data.name={json.dumps(dataset)}"], seed=seed)
-    protocol = protocol_of(cfg)
-    data, directory = prepare(
+    overrides = [f"data.name={json.dumps(dataset)}"]
+    if recipe is None and dataset == HETREC:  # the edge-regression protocol's defaults
+        overrides += [
+            "task.kind=edge_regression",
+            "data.split=[0.8, 0.1, 0.1]",
+            "eval.select_metric=mse",
+            "model.name=gcn_edge",
+        ]
+    cfg = load_recipe(recipe, overrides, seed=seed)
+    edges = cfg.task.kind == "edge_regression"
+    protocol = edge_protocol_of(cfg) if edges else protocol_of(cfg)
+    data, directory = (prepare_edges if edges else prepare)(
         protocol,
         raw_dir=raw_dir or cfg.data.raw_dir or None,
         out_root=out_dir,

@@ -73,6 +73,8 @@ class TrainConfig:
     # batch_size KG triples, with its own Adam optimizer at lr_kge. Other models ignore these.
     kge_interval: int = 1
     lr_kge: float = 2e-4
+    # Learning-rate decay per epoch (torch ExponentialLR gamma); 1.0 keeps lr constant.
+    lr_decay: float = 1.0
 
 
 @dataclass
@@ -82,7 +84,24 @@ class EvalConfig:
     batch_size: int = 4096
     threshold: float = 0.5
     # The eval-split metric that selects the best epoch (never a test metric).
-    select_metric: Literal["auc", "acc", "f1"] = "auc"
+    # CTR: auc, acc or f1; edge regression: mse or mae.
+    select_metric: Literal["auc", "acc", "f1", "mse", "mae"] = "auc"
+
+
+@dataclass
+class TaskConfig:
+    """``[task]``: what is predicted."""
+
+    # "ctr": (user, item) click-through on a KG dataset (Last.FM-KG);
+    # "edge_regression": the liking score of user–artist edges (HetRec Last.FM).
+    kind: Literal["ctr", "edge_regression"] = "ctr"
+    # Edge regression only. LEAKY, for measurement only: held-out edges stay in the
+    # message graph with their scores, and directed edges are split independently,
+    # as the public code of seed 001 does.
+    paper_protocol: bool = False
+
+
+TASK_METRICS = {"ctr": ("auc", "acc", "f1"), "edge_regression": ("mse", "mae")}
 
 
 @dataclass
@@ -112,6 +131,7 @@ class TrackingConfig:
 @dataclass
 class RecipeConfig:
     seed: int = 42
+    task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: dict[str, Any] = field(default_factory=lambda: {"name": "kgcn"})
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
@@ -316,7 +336,14 @@ def resolve(raw: dict[str, Any]) -> RecipeConfig:
     for key, (_, default) in hparams.items():
         resolved.setdefault(key, default)
     kwargs["model"] = resolved
-    return RecipeConfig(**kwargs)
+    cfg = RecipeConfig(**kwargs)
+    metrics = TASK_METRICS[cfg.task.kind]
+    if cfg.eval.select_metric not in metrics:
+        raise ConfigError(
+            f"eval.select_metric: {cfg.eval.select_metric!r} is not a {cfg.task.kind} metric; "
+            f"allowed: {', '.join(metrics)}"
+        )
+    return cfg
 
 
 def load_recipe(

@@ -13,14 +13,17 @@ from dataclasses import dataclass
 
 import torch
 
+from data_prep.hetrec import EdgeProtocol
+from data_prep.hetrec import prepare as prepare_edges
 from data_prep.kg_ctr import CTRProtocol, prepare
 from dglrec import tracking
 from dglrec.config import RecipeConfig, apply_overrides, parse_override, resolve
 from dglrec.data import KGRecDataset
+from dglrec.edge_training import EdgeRegressionTrainer
 from dglrec.errors import ConfigError, RunError
 from dglrec.kge import kg_triples, kge_fit, pretrained_tables
 from dglrec.models.base import TrainingTensors
-from dglrec.registry import build_model
+from dglrec.registry import build_model, get_model
 from dglrec.sampling import PairSampler, build_sampler
 from dglrec.training import FitResult, Trainer, seed_everything, uses_blocks
 
@@ -41,8 +44,22 @@ def protocol_of(cfg: RecipeConfig) -> CTRProtocol:
     )
 
 
-def load_dataset(cfg: RecipeConfig, log: Log = print) -> KGRecDataset:
+def edge_protocol_of(cfg: RecipeConfig) -> EdgeProtocol:
+    return EdgeProtocol(
+        dataset=cfg.data.name,
+        split=tuple(cfg.data.split),
+        seed=cfg.data_seed,
+        paper_protocol=cfg.task.paper_protocol,
+    )
+
+
+def load_dataset(cfg: RecipeConfig, log: Log = print):
     """The processed dataset of the recipe, built on first use and cached after."""
+    if cfg.task.kind == "edge_regression":
+        dataset, _ = prepare_edges(edge_protocol_of(cfg), raw_dir=cfg.data.raw_dir or None, log=log)
+        return dataset
+    if cfg.task.paper_protocol:
+        raise ConfigError("task.paper_protocol: only edge_regression has a paper protocol")
     dataset, _ = prepare(protocol_of(cfg), raw_dir=cfg.data.raw_dir or None, log=log)
     return dataset
 
@@ -57,15 +74,27 @@ class Experiment:
 
 def build(cfg: RecipeConfig, dataset: KGRecDataset | None = None, log: Log = print) -> Experiment:
     """Dataset, model and sampler of a recipe; the seed is set before the model's init."""
+    model_task = getattr(get_model(cfg.model_name), "task", "ctr")
+    edge_model = model_task == "edge_regression"
+    if edge_model != (cfg.task.kind == "edge_regression"):
+        raise ConfigError(
+            f"model.name: {cfg.model_name} is {'an edge-regression' if edge_model else 'a CTR'} "
+            f"model but the recipe's task.kind is {cfg.task.kind!r}"
+        )
     dataset = dataset if dataset is not None else load_dataset(cfg, log)
     seed_everything(cfg.seed)
     graph_args = {
-        "n_users": dataset.n_users,
-        "n_items": dataset.n_items,
-        "n_entities": dataset.n_entities,
-        "n_relations": dataset.n_relations,
+        name: getattr(dataset, name)
+        for name in ("n_users", "n_items", "n_entities", "n_relations")
+        if hasattr(dataset, name)
     }
     model = build_model(cfg.model_name, graph_args, cfg.model_kwargs)
+    if edge_model:
+        if hasattr(model, "bind_training_edges"):
+            train = dataset.edges_of("train")  # training scores only
+            users, items = dataset.user_item(train)
+            model.bind_training_edges(users, items, dataset.weight[train])
+        return Experiment(cfg, dataset, model, None)
     if hasattr(model, "bind_training_data"):
         model.bind_training_data(training_tensors(dataset, cfg.seed))
     if cfg.model["init"] == "transe":
@@ -145,9 +174,7 @@ def fit(
                 raise RunError("resuming is supported for CTR models; KGE fits are short, rerun it")
             result = kge_fit(cfg, experiment.dataset, experiment.model, run, log)
         else:
-            trainer = Trainer(
-                experiment.model, experiment.dataset, experiment.sampler, cfg, run, log
-            )
+            trainer = trainer_for(experiment, run, log)
             result = trainer.fit(resume=resume_state)
         run.log_metrics({f"test_{k}": v for k, v in result.test.items()})
         run.log_metrics({"best_epoch": result.best_epoch})
@@ -155,6 +182,17 @@ def fit(
         if cfg.tracking.log_model:
             run.log_model(experiment.model)
         return run.run_id, result
+
+
+def trainer_for(experiment: Experiment, tracker=None, log: Log = print) -> Trainer:
+    """The task's trainer: user–item CTR, or edge regression (same loop, other batches)."""
+    if experiment.cfg.task.kind == "edge_regression":
+        return EdgeRegressionTrainer(
+            experiment.model, experiment.dataset, experiment.cfg, tracker, log
+        )
+    return Trainer(
+        experiment.model, experiment.dataset, experiment.sampler, experiment.cfg, tracker, log
+    )
 
 
 def load_checkpoint(run_id: str, name: str = "last.pt") -> dict:
@@ -194,12 +232,13 @@ def evaluate(run_id: str, log: Log = print) -> dict:
     """
     _, logged_metrics, _ = tracking.get_run(run_id)
     cfg = config_of_run(run_id)
-    if "test_auc" not in logged_metrics:
+    if not any(key.startswith("test_") for key in logged_metrics):
         raise RunError(f"run {run_id} has no test metrics (did it finish?)")
     model = tracking.load_model(run_id)
     dataset = load_dataset(cfg, log)
     cfg.train.device = "cpu"
-    trainer = Trainer(model, dataset, sampler_for(cfg, model), cfg, log=log)
+    sampler = None if cfg.task.kind == "edge_regression" else sampler_for(cfg, model)
+    trainer = trainer_for(Experiment(cfg, dataset, model, sampler), log=log)
     test = trainer.evaluate("test")
     logged = {k[len("test_") :]: v for k, v in logged_metrics.items() if k.startswith("test_")}
     return {"test": test, "logged": logged}

@@ -9,7 +9,14 @@ import numpy as np
 from scipy.stats import rankdata
 
 # Whether a larger value is better, for epoch selection and comparisons.
-HIGHER_IS_BETTER = {"auc": True, "acc": True, "f1": True, "loss": False}
+HIGHER_IS_BETTER = {
+    "auc": True,
+    "acc": True,
+    "f1": True,
+    "loss": False,
+    "mse": False,
+    "mae": False,
+}
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -44,3 +51,9 @@ def ctr_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float 
         "acc": accuracy(labels, predicted),
         "f1": f1(labels, predicted),
     }
+
+
+def regression_metrics(targets: np.ndarray, predictions: np.ndarray) -> dict:
+    """MSE and MAE over every edge of a split (never a mean of per-batch values)."""
+    error = np.asarray(predictions, dtype=np.float64) - np.asarray(targets, dtype=np.float64)
+    return {"mse": float(np.mean(error**2)), "mae": float(np.mean(np.abs(error)))}

@@ -129,6 +129,11 @@ class UnseenItemSampler:
         return (rank + before).clamp(max=self.n_items - 1)
 
 
+def describe(metrics: dict) -> str:
+    """``"auc 0.7900 acc 0.7100 f1 0.7000"``: a split's metrics on one line."""
+    return " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+
+
 class KGETripleStream:
     """Batches of KG triples for the KGE steps of multi-task models.
 
@@ -217,6 +222,21 @@ class Trainer:
         self.graph = (
             dataset.interaction_graph().to(cfg.train.device) if needs_graph(model) else None
         )
+        self._init_optimizers(kge="kge" in objectives_of(model))
+        self.kge_stream = None
+        if self.kge_optimizer is not None:
+            from dglrec.kge import kg_triples  # kge imports this module
+
+            self.kge_stream = KGETripleStream(
+                kg_triples(dataset), dataset.item_entity, dataset.n_entities
+            )
+        self._unseen: UnseenItemSampler | None = None
+        self.rs_steps = 0  # recommendation steps over the whole run (the KGE schedule's clock)
+        self.kge_steps = 0
+
+    def _init_optimizers(self, kge: bool) -> None:
+        """Adam for the main objective (none if nothing trains), one for KGE steps, the LR decay."""
+        cfg = self.cfg
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         # Count-based baselines (Pop) have nothing to train: they are only evaluated.
         # foreach: one multi-tensor kernel per Adam op, ~3x faster on CPU for large tables.
@@ -224,21 +244,17 @@ class Trainer:
             torch.optim.Adam(trainable, lr=cfg.train.lr, foreach=True) if trainable else None
         )
         self.kge_optimizer = None
-        self.kge_stream = None
-        if "kge" in objectives_of(model):
+        if kge and trainable:
             if cfg.train.kge_interval < 1:
                 raise ValueError("train.kge_interval must be >= 1")
             # Its own Adam state: the two objectives' gradients differ in scale and direction.
             self.kge_optimizer = torch.optim.Adam(trainable, lr=cfg.train.lr_kge, foreach=True)
-            from dglrec.kge import kg_triples  # kge imports this module
-
-            self.kge_stream = KGETripleStream(
-                kg_triples(dataset), dataset.item_entity, dataset.n_entities
+        self.scheduler = None
+        if self.optimizer is not None and cfg.train.lr_decay != 1.0:
+            self.scheduler = torch.optim.lr_scheduler.ExponentialLR(
+                self.optimizer, gamma=cfg.train.lr_decay
             )
         self._interrupted = False
-        self._unseen: UnseenItemSampler | None = None
-        self.rs_steps = 0  # recommendation steps over the whole run (the KGE schedule's clock)
-        self.kge_steps = 0
         self.epoch_losses: dict[str, float] = {}
 
     # ------------------------------------------------------------------ batches
@@ -404,7 +420,7 @@ class Trainer:
         if self.optimizer is None:
             evaluation, test = self.evaluate("eval"), self.evaluate("test")
             self.tracker.log_metrics({f"eval_{k}": v for k, v in evaluation.items()}, step=0)
-            self.log(f"no trainable parameters: evaluated only; test auc {test['auc']:.4f}")
+            self.log(f"no trainable parameters: evaluated only; test {describe(test)}")
             return FitResult(
                 0,
                 evaluation,
@@ -419,6 +435,8 @@ class Trainer:
             self.optimizer.load_state_dict(resume["optimizer"])
             if self.kge_optimizer is not None:
                 self.kge_optimizer.load_state_dict(resume["kge_optimizer"])
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(resume["scheduler"])
             start, history = resume["epoch"] + 1, resume["history"]
             best, bad_epochs = resume["best"], resume["bad_epochs"]
             self.log(f"resuming after epoch {resume['epoch']}")
@@ -431,6 +449,8 @@ class Trainer:
             began = time.perf_counter()
             train_loss = self.train_epoch(epoch)
             seconds = time.perf_counter() - began
+            if self.scheduler is not None:
+                self.scheduler.step()
             evaluation = self.evaluate("eval")
             record = {"epoch": epoch, "epoch_seconds": seconds}
             record.update({f"train_{k}": v for k, v in self.epoch_losses.items()})
@@ -453,6 +473,7 @@ class Trainer:
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "kge_optimizer": self.kge_optimizer and self.kge_optimizer.state_dict(),
+                "scheduler": self.scheduler and self.scheduler.state_dict(),
                 "best": best,
                 "bad_epochs": bad_epochs,
                 "history": history,
@@ -472,9 +493,8 @@ class Trainer:
             # Logged after the checkpoint: a line on screen means the epoch is saved.
             extra = "".join(f" {k} {v:.4f}" for k, v in self.epoch_losses.items() if k != "loss")
             self.log(
-                f"epoch {epoch:3d}  loss {train_loss:.4f}{extra}  eval auc {evaluation['auc']:.4f} "
-                f"acc {evaluation['acc']:.4f} f1 {evaluation['f1']:.4f}  {seconds:.1f}s"
-                + ("  *" if improved else "")
+                f"epoch {epoch:3d}  loss {train_loss:.4f}{extra}  eval {describe(evaluation)}"
+                f"  {seconds:.1f}s" + ("  *" if improved else "")
             )
 
         if best is None:
@@ -483,6 +503,6 @@ class Trainer:
         test = self.evaluate("test")
         self.log(
             f"best epoch {best['epoch']} (eval {metric} {best['metric']:.4f}); "
-            f"test auc {test['auc']:.4f} acc {test['acc']:.4f} f1 {test['f1']:.4f}"
+            f"test {describe(test)}"
         )
         return FitResult(best["epoch"], best["eval"], test, history)

@@ -110,3 +110,36 @@ def assert_evaluate_matches(run_id: str, tolerance: float = 1e-9) -> None:
     assert set(out["test"]) <= set(out["logged"]), out
     for key, value in out["test"].items():
         assert abs(value - out["logged"][key]) < tolerance, key
+
+
+def write_tiny_hetrec(
+    directory: Path, seed: int = 0, n_users: int = 25, n_artists: int = 40
+) -> Path:
+    """A small HetRec-format dataset (raw ids not contiguous); user 5000 only ever played once."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    artist_raw = 10 + 7 * np.arange(n_artists)
+    lines = ["userID\tartistID\tweight"]
+    for user in range(n_users):
+        for artist in rng.choice(artist_raw, size=int(rng.integers(4, 12)), replace=False):
+            lines.append(f"{2 + 3 * user}\t{artist}\t{int(rng.integers(1, 3000))}")
+    for artist in artist_raw[:3]:  # max count 1: the 0/0 case
+        lines.append(f"5000\t{artist}\t1")
+    (directory / "user_artists.dat").write_text("\n".join(lines) + "\n")
+    (directory / "artists.dat").write_text(
+        "id\tname\turl\tpictureURL\n"
+        + "".join(f"{a}\tArtist {a}\thttp://x/{a}\thttp://y/{a}.jpg\n" for a in artist_raw)
+    )
+    (directory / "tags.dat").write_bytes(
+        "tagID\ttagValue\n1\trock\n2\tm\xfasica\n".encode("latin-1")
+    )
+    (directory / "user_taggedartists.dat").write_text(
+        "userID\tartistID\ttagID\tday\tmonth\tyear\n2\t10\t1\t1\t4\t2009\n5\t17\t2\t1\t4\t2009\n"
+    )
+    (directory / "user_friends.dat").write_text("userID\tfriendID\n2\t5\n5\t2\n")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_hetrec(tmp_path_factory) -> Path:
+    return write_tiny_hetrec(tmp_path_factory.mktemp("raw") / "tiny-hetrec")

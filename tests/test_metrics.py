@@ -121,4 +121,23 @@ def test_f1_and_accuracy_hand_computed():
 
 
 def test_higher_is_better():
-    assert HIGHER_IS_BETTER == {"auc": True, "acc": True, "f1": True, "loss": False}
+    assert HIGHER_IS_BETTER == {
+        "auc": True,
+        "acc": True,
+        "f1": True,
+        "loss": False,
+        "mse": False,
+        "mae": False,
+    }
+
+
+def test_regression_metrics_match_scikit_learn():
+    from sklearn.metrics import mean_absolute_error, mean_squared_error
+
+    from dglrec.metrics import regression_metrics
+
+    rng = np.random.default_rng(0)
+    targets, predictions = rng.random(1000), rng.random(1000)
+    got = regression_metrics(targets, predictions)
+    assert got["mse"] == pytest.approx(mean_squared_error(targets, predictions), rel=1e-12)
+    assert got["mae"] == pytest.approx(mean_absolute_error(targets, predictions), rel=1e-12)

@@ -1,7 +1,10 @@
 """Built-in models; importing this package registers them."""
 
 from dglrec.models import (  # noqa: F401
+    biased_mf,
     bprmf,
+    gcn_edge,
+    global_mean,
     kaisg,
     kgcn,
     kgnn_ls,
@@ -12,4 +15,5 @@ from dglrec.models import (  # noqa: F401
     pop,
     ripplenet,
     transe,
+    user_mean,
 )

@@ -1,0 +1,224 @@
+"""HetRec 2011 Last.FM (``hetrec2011-lastfm-2k``) as an edge-regression dataset.
+
+Inputs (one directory, the GroupLens release): ``user_artists.dat`` (user, artist,
+play count), ``artists.dat`` (names), ``tags.dat`` + ``user_taggedartists.dat``
+(tags users gave artists) and ``user_friends.dat``.
+
+Graph: one homogeneous undirected graph, users ``0..U-1`` then artists
+``U..U+A-1`` (raw ids in ascending order), one edge per listened pair stored in
+both directions (edge ``i`` and its reverse ``i + n_pairs``).
+
+Liking score (seed 001, MODELS.md): ``w_ua = log(count_ua) / max_a' log(count_ua')``,
+the maximum over *all* of the user's edges (the paper's definition, kept so that
+numbers stay comparable; it uses every split's counts for the scale only, never a
+held-out edge's score). A user whose maximum count is 1 has ``0 / 0``: every one
+of her artists is then her most-played, and gets ``w = 1`` (3 users, 23 pairs in
+the release). Scores are in ``[0, 1]``; none is NaN.
+
+Splits (``split``, default 8:1:1, ``seed``):
+
+* clean protocol: the *undirected* pairs are split, so an edge and its reverse
+  are always in the same split; training message passing sees training edges
+  only (:mod:`dglrec.edge_training`);
+* ``paper_protocol`` (leaky, only to measure the leak): each *directed* edge is
+  assigned on its own, as the paper's public code does, so a held-out edge's
+  reverse may be a training edge, and held-out edges stay in the message graph.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data_prep.parsing import read_columns
+from data_prep.sources import PUBLIC_DATASETS, data_home, resolve_raw_dir, sha256_of, verify
+from dglrec.edge_data import EdgeRegressionDataset
+from dglrec.errors import ConfigError, DataFormatError
+
+BUILDER_VERSION = 1
+DATASET = "hetrec2011-lastfm-2k"
+FILES = (
+    "user_artists.dat",
+    "artists.dat",
+    "tags.dat",
+    "user_taggedartists.dat",
+    "user_friends.dat",
+)
+
+
+@dataclass(frozen=True)
+class EdgeProtocol:
+    """What, besides the raw files, determines the processed edge-regression dataset."""
+
+    dataset: str = DATASET
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 42
+    paper_protocol: bool = False
+
+    def describe(self) -> str:
+        train, eval_, test = self.split
+        unit = (
+            "directed edges (paper protocol: LEAKY)" if self.paper_protocol else "undirected pairs"
+        )
+        return (
+            "edge_regression: w = log(count) / max log(count) over the user's edges "
+            f"(w = 1 where that max count is 1); random split {train:g}/{eval_:g}/{test:g} "
+            f"of {unit}; seed {self.seed}"
+        )
+
+
+def liking_scores(users: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``log(count) / max log(count)`` per user; ``1`` where the user's max count is 1."""
+    if (counts < 1).any():
+        raise DataFormatError("play counts must be >= 1")
+    log_count = np.log(counts.astype(np.float64))
+    _, user_index = np.unique(users, return_inverse=True)
+    user_max = np.zeros(user_index.max() + 1)
+    np.maximum.at(user_max, user_index, log_count)
+    denominator = user_max[user_index]
+    # 0/0 only where the user's max count is 1, so count is 1 too: each is her maximum.
+    safe = np.where(denominator > 0, denominator, 1.0)
+    return np.where(denominator > 0, log_count / safe, 1.0)
+
+
+def split_codes(n_pairs: int, protocol: EdgeProtocol) -> np.ndarray:
+    """Split code (0 train, 1 eval, 2 test) of each of the ``2 n_pairs`` directed edges."""
+    if len(protocol.split) != 3 or abs(sum(protocol.split) - 1) > 1e-6:
+        raise ConfigError(f"data.split must be three fractions summing to 1, got {protocol.split}")
+    rng = np.random.default_rng(protocol.seed)
+    n_units = 2 * n_pairs if protocol.paper_protocol else n_pairs
+    order = rng.permutation(n_units)
+    n_train = int(round(protocol.split[0] * n_units))
+    n_eval = int(round(protocol.split[1] * n_units))
+    codes = np.empty(n_units, dtype=np.int64)
+    codes[order[:n_train]] = 0
+    codes[order[n_train : n_train + n_eval]] = 1
+    codes[order[n_train + n_eval :]] = 2
+    return codes if protocol.paper_protocol else np.concatenate([codes, codes])
+
+
+def build(
+    protocol: EdgeProtocol, raw_dir: Path, checksums: dict[str, str]
+) -> EdgeRegressionDataset:
+    user_raw, artist_raw, count = (
+        np.asarray(c)
+        for c in read_columns(raw_dir / "user_artists.dat", (int, int, int), header=True)
+    )
+    pair_keys = user_raw.astype(np.int64) * (artist_raw.max() + 1) + artist_raw
+    if len(np.unique(pair_keys)) != len(pair_keys):
+        raise DataFormatError(f"{raw_dir / 'user_artists.dat'}: a (user, artist) pair repeats")
+    users, user_index = np.unique(user_raw, return_inverse=True)
+    artists, artist_index = np.unique(artist_raw, return_inverse=True)
+    n_users, n_pairs = len(users), len(user_raw)
+    score = liking_scores(user_index, count)
+    src = np.concatenate([user_index, n_users + artist_index])
+    dst = np.concatenate([n_users + artist_index, user_index])
+
+    names = {}
+    artist_path = raw_dir / "artists.dat"
+    if artist_path.is_file():
+        ids, titles, _, _ = read_columns(artist_path, (int, str, str, str), header=True)
+        names = dict(zip(ids, titles, strict=True))
+    artist_position = {int(a): i for i, a in enumerate(artists)}
+    user_position = {int(u): i for i, u in enumerate(users)}
+    friends = np.zeros((0, 2), dtype=np.int64)
+    friends_path = raw_dir / "user_friends.dat"
+    if friends_path.is_file():
+        a, b = read_columns(friends_path, (int, int), header=True)
+        friends = np.array(
+            [
+                (user_position[x], user_position[y])
+                for x, y in zip(a, b, strict=True)
+                if x in user_position and y in user_position
+            ],
+            dtype=np.int64,
+        ).reshape(-1, 2)
+    tag_names, artist_tags = {}, np.zeros((0, 2), dtype=np.int64)
+    if (raw_dir / "tags.dat").is_file() and (raw_dir / "user_taggedartists.dat").is_file():
+        tag_ids, values = read_columns(
+            raw_dir / "tags.dat", (int, str), header=True, encoding="latin-1"
+        )
+        tag_names = dict(zip(tag_ids, values, strict=True))
+        _, tagged_artist, tag, *_ = read_columns(
+            raw_dir / "user_taggedartists.dat", (int, int, int, int, int, int), header=True
+        )
+        pairs = {
+            (artist_position[a], t)
+            for a, t in zip(tagged_artist, tag, strict=True)
+            if a in artist_position
+        }
+        artist_tags = np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)
+
+    codes = split_codes(n_pairs, protocol)
+    meta = {
+        "dataset": protocol.dataset,
+        "protocol": protocol.describe(),
+        "protocol_fields": asdict(protocol),
+        "checksums": checksums,
+        "builder_version": BUILDER_VERSION,
+        "stats": {
+            "users": int(n_users),
+            "artists": int(len(artists)),
+            "pairs": int(n_pairs),
+            "train_edges": int((codes == 0).sum()),
+            "eval_edges": int((codes == 1).sum()),
+            "test_edges": int((codes == 2).sum()),
+            "users_max_count_1": int(
+                len(np.unique(user_index)) - len(np.unique(user_index[count > 1]))
+            ),
+            "pairs_max_count_1": int(
+                np.isin(user_index, np.unique(user_index[count > 1]), invert=True).sum()
+            ),
+        },
+        "artist_raw_ids": artists.tolist(),
+        "user_raw_ids": users.tolist(),
+        "artist_names": [names.get(int(a), "") for a in artists],
+        "tag_names": {str(k): v for k, v in tag_names.items()},
+    }
+    return EdgeRegressionDataset(
+        src=torch.from_numpy(src),
+        dst=torch.from_numpy(dst),
+        weight=torch.from_numpy(np.concatenate([score, score])).float(),
+        split=torch.from_numpy(codes),
+        friends=torch.from_numpy(friends),
+        artist_tags=torch.from_numpy(artist_tags),
+        meta=meta,
+    )
+
+
+def input_checksums(raw_dir: Path, dataset: str) -> dict[str, str]:
+    if dataset in PUBLIC_DATASETS:
+        return verify(dataset, raw_dir)
+    path = raw_dir / "user_artists.dat"
+    if not path.is_file():
+        raise DataFormatError(f"{path}: no such file (edge regression needs user_artists.dat)")
+    return {name: sha256_of(raw_dir / name) for name in FILES if (raw_dir / name).is_file()}
+
+
+def prepare(
+    protocol: EdgeProtocol,
+    raw_dir: str | Path | None = None,
+    out_root: str | Path | None = None,
+    mirror: str | None = None,
+    log=print,
+) -> tuple[EdgeRegressionDataset, Path]:
+    """Build the dataset, or load it from the cache when inputs and protocol match."""
+    raw = resolve_raw_dir(protocol.dataset, raw_dir, mirror=mirror)
+    checksums = input_checksums(raw, protocol.dataset)
+    payload = {"builder": BUILDER_VERSION, "protocol": asdict(protocol), "checksums": checksums}
+    key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    root = Path(out_root) if out_root else data_home() / "processed"
+    directory = root / protocol.dataset / key
+    if EdgeRegressionDataset.exists(directory):
+        log(f"using cached {protocol.dataset} at {directory}")
+        return EdgeRegressionDataset.load(directory), directory
+    log(f"building {protocol.dataset} from {raw}")
+    dataset = build(protocol, raw, checksums)
+    dataset.meta["raw_dir"] = str(raw)
+    dataset.save(directory)
+    return dataset, directory
