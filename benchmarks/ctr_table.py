@@ -1,4 +1,4 @@
-"""Fit CTR recipes over several seeds and print mean ± std of test metrics.
+"""Fit recipes over several seeds and print mean ± std of test metrics (CTR or edge regression).
 
 Every fit is a normal tracked run (MLflow store of the current directory, or
 ``$MLFLOW_TRACKING_URI``). Paired differences against a baseline recipe use the
@@ -25,8 +25,6 @@ from scipy import stats
 
 from dglrec import experiment
 from dglrec.config import load_recipe
-
-METRICS = ("auc", "acc", "f1")
 
 
 def mean_std(values: list[float]) -> str:
@@ -63,19 +61,26 @@ def main() -> None:
             }
             print(f"{recipe.stem} seed {seed}: {results[recipe.stem][seed]}", file=sys.stderr)
 
+    # CTR recipes report auc/acc/f1, edge regression mse/mae; the first selects epochs.
+    first = next(iter(next(iter(results.values())).values()))
+    metrics = [k[len("test_") :] for k in first if k.startswith("test_")]
+    main_metric = metrics[0]
     lines = [
         f"seeds {args.seeds}; overrides {args.overrides or 'none'}; "
-        "test metrics at the best eval-AUC epoch",
+        f"test metrics at the best eval-{main_metric} epoch",
         "",
-        "| recipe | test AUC | test ACC | test F1 | eval AUC | best epoch | s/epoch | wall s/fit |",
-        "|---|---|---|---|---|---|---|---|",
+        "| recipe | "
+        + " | ".join(f"test {m.upper()}" for m in metrics)
+        + f" | eval {main_metric.upper()} | best epoch | s/epoch | wall s/fit |",
+        "|---|" + "---|" * (len(metrics) + 4),
     ]
     for name, runs in results.items():
         columns = {key: [r[key] for r in runs.values()] for key in next(iter(runs.values()))}
         lines.append(
             f"| {name} | "
-            + " | ".join(mean_std(columns[f"test_{m}"]) for m in METRICS)
-            + f" | {mean_std(columns['eval_auc'])} | {statistics.mean(columns['best_epoch']):.1f}"
+            + " | ".join(mean_std(columns[f"test_{m}"]) for m in metrics)
+            + f" | {mean_std(columns[f'eval_{main_metric}'])}"
+            + f" | {statistics.mean(columns['best_epoch']):.1f}"
             + f" | {statistics.mean(columns['s_per_epoch']):.2f}"
             + f" | {statistics.mean(columns['wall_s']):.0f} |"
         )
@@ -83,7 +88,7 @@ def main() -> None:
         base = results[args.baseline.stem]
         lines += [
             "",
-            f"Paired differences vs {args.baseline.stem} (same seeds), test AUC:",
+            f"Paired differences vs {args.baseline.stem} (same seeds), test {main_metric}:",
             "",
             "| recipe | mean diff | std | t | p (paired t-test) |",
             "|---|---|---|---|---|",
@@ -91,9 +96,10 @@ def main() -> None:
         for name, runs in results.items():
             if name == args.baseline.stem:
                 continue
-            diffs = [runs[s]["test_auc"] - base[s]["test_auc"] for s in args.seeds]
+            key = f"test_{main_metric}"
+            diffs = [runs[s][key] - base[s][key] for s in args.seeds]
             test = stats.ttest_rel(
-                [runs[s]["test_auc"] for s in args.seeds], [base[s]["test_auc"] for s in args.seeds]
+                [runs[s][key] for s in args.seeds], [base[s][key] for s in args.seeds]
             )
             lines.append(
                 f"| {name} | {statistics.mean(diffs):+.4f} | {statistics.stdev(diffs):.4f} | "

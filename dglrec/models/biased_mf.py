@@ -5,12 +5,15 @@ IEEE Computer 2009. The trivial-but-strong row next to the GCN (seed 001).
 
 .. math:: \\hat w_{ua} = μ + b_u + b_a + p_u^⊤ q_a
 
-trained with MSE (+ ``train.l2`` · ½‖θ‖²); ``dim = 0`` is the biases-only model.
-``μ`` starts at the training mean.
+trained with MSE (+ ``train.l2`` · ½‖θ‖² over the batch's rows, the artist biases
+weighted ``item_l2_scale`` times more: most artists have one or two listeners, and
+their biases overfit first); ``dim = 0`` is the biases-only model. ``μ`` starts at
+the training mean.
 
 Args:
     n_users, n_items: table sizes.
     dim: factor size (0: biases only).
+    item_l2_scale: extra weight of the artist-bias penalty.
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ class BiasedMF(nn.Module):
     task = "edge_regression"
     uses_blocks = False
 
-    def __init__(self, n_users: int, n_items: int, dim: int = 0):
+    def __init__(self, n_users: int, n_items: int, dim: int = 0, item_l2_scale: float = 1.0):
         super().__init__()
         self.dim = dim
+        self.item_l2_scale = item_l2_scale
         self.global_bias = nn.Parameter(torch.zeros(()))
         self.user_bias = nn.Embedding(n_users, 1)
         self.item_bias = nn.Embedding(n_items, 1)
@@ -49,7 +53,7 @@ class BiasedMF(nn.Module):
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> EdgeOutput:
         bu, bi = self.user_bias(users).squeeze(-1), self.item_bias(items).squeeze(-1)
         prediction = self.global_bias + bu + bi
-        rows = [bu, bi]
+        rows = [bu, bi * self.item_l2_scale**0.5]
         if self.dim > 0:
             p, q = self.user_factors(users), self.item_factors(items)
             prediction = prediction + (p * q).sum(-1)
