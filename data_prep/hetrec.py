@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data_prep.cache import load_or_build
 from data_prep.parsing import read_columns
 from data_prep.sources import PUBLIC_DATASETS, data_home, resolve_raw_dir, sha256_of, verify
 from dglrec.edge_data import EdgeRegressionDataset
@@ -214,11 +215,11 @@ def prepare(
     key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
     root = Path(out_root) if out_root else data_home() / "processed"
     directory = root / protocol.dataset / key
-    if EdgeRegressionDataset.exists(directory):
-        log(f"using cached {protocol.dataset} at {directory}")
-        return EdgeRegressionDataset.load(directory), directory
-    log(f"building {protocol.dataset} from {raw}")
-    dataset = build(protocol, raw, checksums)
-    dataset.meta["raw_dir"] = str(raw)
-    dataset.save(directory)
-    return dataset, directory
+    return load_or_build(
+        directory,
+        EdgeRegressionDataset,
+        lambda: build(protocol, raw, checksums),
+        protocol.dataset,
+        raw,
+        log,
+    )

@@ -30,6 +30,7 @@ import dgl
 import numpy as np
 import torch
 
+from data_prep.cache import load_or_build
 from data_prep.parsing import read_columns
 from data_prep.sources import PUBLIC_DATASETS, resolve_raw_dir, sha256_of, verify
 from dglrec.data import KGRecDataset
@@ -267,11 +268,6 @@ def prepare(
     checksums = input_checksums(protocol, raw)
     root = Path(out_root) if out_root else data_home() / "processed"
     directory = root / protocol.dataset / cache_key(protocol, checksums)
-    if KGRecDataset.exists(directory):
-        log(f"using cached {protocol.dataset} at {directory}")
-        return KGRecDataset.load(directory), directory
-    log(f"building {protocol.dataset} from {raw}")
-    dataset = build(protocol, raw, checksums)
-    dataset.meta["raw_dir"] = str(raw)
-    dataset.save(directory)
-    return dataset, directory
+    return load_or_build(
+        directory, KGRecDataset, lambda: build(protocol, raw, checksums), protocol.dataset, raw, log
+    )

@@ -102,6 +102,24 @@ def lastfm_raw() -> Path:
     return path
 
 
+def recipe_on(recipe: str, data_name: str, raw: Path, *overrides: str, seed: int = 5):
+    """A shipped recipe pointed at a tiny raw dataset: 2 epochs, batches of 64, no model logging."""
+    from dglrec.config import load_recipe
+
+    return load_recipe(
+        REPO / "recipes" / recipe,
+        [
+            f"data.name={data_name}",
+            f"data.raw_dir={raw}",
+            "train.epochs=2",
+            "train.batch_size=64",
+            "tracking.log_model=false",
+            *overrides,
+        ],
+        seed=seed,
+    )
+
+
 def assert_evaluate_matches(run_id: str, tolerance: float = 1e-9) -> None:
     """`dglrec evaluate` re-scores the logged model to the run's logged test metrics."""
     from dglrec import experiment

@@ -12,28 +12,16 @@ import torch
 
 from data_prep.hetrec import EdgeProtocol, build, liking_scores, split_codes
 from dglrec import experiment
-from dglrec.config import load_recipe
 from dglrec.edge_training import EdgeRegressionTrainer
 from dglrec.models.gcn_edge import EdgeWeightedConv
-from tests.conftest import assert_evaluate_matches
+from tests.conftest import assert_evaluate_matches, recipe_on
 
 RECIPES = Path(__file__).parents[1] / "recipes"
 HETREC_RECIPES = sorted(p.name for p in RECIPES.glob("*.toml") if "hetrec" in p.name)
 
 
 def tiny(recipe: str, raw: Path, *overrides: str, seed: int = 3):
-    return load_recipe(
-        RECIPES / recipe,
-        [
-            "data.name=tiny-hetrec",
-            f"data.raw_dir={raw}",
-            "train.epochs=2",
-            "train.batch_size=64",
-            "tracking.log_model=false",
-            *overrides,
-        ],
-        seed=seed,
-    )
+    return recipe_on(recipe, "tiny-hetrec", raw, *overrides, seed=seed)
 
 
 def test_liking_score_is_the_formula_including_the_max_count_one_user():

@@ -18,24 +18,13 @@ from dglrec.models.mkr import (
 )
 from dglrec.sweep import expand
 from dglrec.training import Trainer
-from tests.conftest import assert_evaluate_matches
+from tests.conftest import assert_evaluate_matches, recipe_on
 
 RECIPES = Path(__file__).parents[1] / "recipes"
 
 
-def tiny(recipe: str, tiny_raw: Path, *overrides: str, seed: int = 5):
-    return load_recipe(
-        RECIPES / recipe,
-        [
-            "data.name=tiny-kg",
-            f"data.raw_dir={tiny_raw}",
-            "train.epochs=2",
-            "train.batch_size=64",
-            "tracking.log_model=false",
-            *overrides,
-        ],
-        seed=seed,
-    )
+def tiny(recipe: str, raw: Path, *overrides: str, seed: int = 5):
+    return recipe_on(recipe, "tiny-kg", raw, *overrides, seed=seed)
 
 
 def test_cross_compress_matches_hand_computation_on_2d_vectors():
