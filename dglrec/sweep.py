@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from dglrec import tracking
 from dglrec.config import RecipeConfig, apply_overrides, resolve, toml_value
 from dglrec.errors import ConfigError
+from dglrec.metrics import HIGHER_IS_BETTER
 
 
 @dataclass
@@ -84,7 +85,7 @@ def run_sweep(cfg: RecipeConfig, log: Callable[[str], None] = print) -> tuple[st
                     **{f"test_{k}": v for k, v in result.test.items()},
                 }
             )
-        best = max(records, key=lambda r: r[f"eval_{metric}"])
+        best = best_record(records, metric)
         parent.log_metrics(
             {f"best_eval_{metric}": best[f"eval_{metric}"], "best_trial": best["trial"]}
         )
@@ -96,17 +97,26 @@ def run_sweep(cfg: RecipeConfig, log: Callable[[str], None] = print) -> tuple[st
         return parent.run_id, records
 
 
+def best_record(records: list[dict], metric: str) -> dict:
+    """The trial with the best *eval* ``metric`` (largest AUC, smallest MSE)."""
+    sign = 1 if HIGHER_IS_BETTER[metric] else -1
+    return max(records, key=lambda r: sign * r[f"eval_{metric}"])
+
+
 def format_table(records: list[dict], metric: str) -> str:
-    best = max(records, key=lambda r: r[f"eval_{metric}"])
+    best = best_record(records, metric)
+    tests = [k for k in records[0] if k.startswith("test_")]
     lines = [
-        f"| trial | overrides | eval {metric} | test auc | test acc | test f1 |",
-        "|---|---|---|---|---|---|",
+        f"| trial | overrides | eval {metric} | "
+        + " | ".join(k.replace("_", " ") for k in tests)
+        + " |",
+        "|---|---|---|" + "---|" * len(tests),
     ]
     for r in records:
         mark = " **best**" if r is best else ""
         lines.append(
             f"| {r['trial']}{mark} | {' '.join(r['overrides'])} | {r[f'eval_{metric}']:.4f} | "
-            f"{r.get('test_auc', float('nan')):.4f} | {r.get('test_acc', float('nan')):.4f} | "
-            f"{r.get('test_f1', float('nan')):.4f} |"
+            + " | ".join(f"{r[k]:.4f}" for k in tests)
+            + " |"
         )
     return "\n".join(lines) + "\n"

@@ -161,3 +161,16 @@ def test_task_and_model_must_agree(tiny_hetrec, isolated):
         )
     with pytest.raises(ConfigError, match="select_metric"):
         tiny("gcn_hetrec.toml", tiny_hetrec, "eval.select_metric=auc")
+
+
+def test_a_sweep_picks_the_lowest_eval_mse(tiny_hetrec, isolated):
+    from dglrec.sweep import run_sweep
+
+    cfg = tiny("gcn_hetrec.toml", tiny_hetrec, "train.epochs=1")
+    cfg.sweep = {"train.lr": [1e-4, 0.05]}
+    _, records = run_sweep(cfg, log=lambda _: None)
+    best = min(records, key=lambda r: r["eval_mse"])
+    from dglrec import tracking
+
+    parent = tracking.get_run(records[0]["run_id"])[2]["mlflow.parentRunId"]
+    assert tracking.get_run(parent)[2]["best_run_id"] == best["run_id"]
