@@ -36,6 +36,7 @@ def main() -> None:
       dglrec prep hetrec2011-lastfm-2k           # user-artist graph with liking scores
       dglrec fit recipes/kgcn.toml               # train, evaluate, log to ./mlruns
       dglrec fit recipes/kgcn.toml --set train.epochs=3 --seed 7
+      dglrec fit recipes/kgcn.toml --seeds 5       # 5 seeds under one parent run
       dglrec evaluate RUN_ID                     # re-score a logged model on test
       mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db
     """
@@ -123,7 +124,13 @@ def recipe_options(command):
     metavar="RUN_ID",
     help="Continue an interrupted run from its last checkpoint.",
 )
-def fit(recipe, overrides, seed, resume_run_id) -> None:
+@click.option(
+    "--seeds",
+    metavar="N|S1,S2,...",
+    help="Fit N seeds (from --seed or the recipe's) or the listed ones, as child runs of "
+    "one parent run that carries each metric's mean and std.",
+)
+def fit(recipe, overrides, seed, resume_run_id, seeds) -> None:
     """Train the model of RECIPE (a TOML file), evaluate it, and log the run to MLflow.
 
     With --resume RUN_ID the run's own resolved recipe is used (RECIPE may be
@@ -132,6 +139,11 @@ def fit(recipe, overrides, seed, resume_run_id) -> None:
     from dglrec import experiment
     from dglrec.config import load_recipe
 
+    if seeds is not None:
+        if resume_run_id or recipe is None:
+            raise click.UsageError("--seeds needs a RECIPE and cannot resume a run")
+        _fit_seeds(load_recipe(recipe, list(overrides), seed=seed), seeds)
+        return
     if resume_run_id:
         if seed is not None:
             raise click.UsageError("--seed cannot change the seed of a resumed run")
@@ -160,6 +172,27 @@ def fit(recipe, overrides, seed, resume_run_id) -> None:
             sys.exit(130)
     test = " ".join(f"{key} {value:.4f}" for key, value in result.test.items())
     click.echo(f"run {run_id}: best epoch {result.best_epoch}, test {test}")
+
+
+def _fit_seeds(cfg, seeds: str) -> None:
+    from dglrec.multiseed import fit_seeds, parse_seeds
+
+    result = fit_seeds(cfg, parse_seeds(seeds, cfg.seed), log=_echo)
+    for seed, run_id in result.runs.items():
+        test = " ".join(
+            f"{k[5:]} {v:.4f}" for k, v in result.metrics[seed].items() if k.startswith("test_")
+        )
+        click.echo(f"seed {seed}: run {run_id}, test {test}")
+    for seed, error in result.failed.items():
+        click.echo(f"seed {seed}: FAILED ({error})")
+    summary = " ".join(
+        f"{k[5:-5]} {v:.4f} ± {result.summary[k[:-5] + '_std']:.4f}"
+        for k, v in result.summary.items()
+        if k.startswith("test_") and k.endswith("_mean")
+    )
+    click.echo(f"parent run {result.parent_run_id}: {len(result.runs)} seeds, test {summary}")
+    if result.failed:
+        sys.exit(1)
 
 
 @main.command()

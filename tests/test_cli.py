@@ -199,3 +199,14 @@ def test_kgcn_recipe_on_real_lastfm(lastfm_raw, isolated, monkeypatch):
     )
     # Three epochs at lr 5e-4 are far from converged, but well above chance.
     assert metrics["test_auc"] > 0.6
+
+
+def test_fit_seeds_prints_each_seed_and_the_mean(tiny_recipe, isolated):
+    proc = dglrec("fit", tiny_recipe, "--seeds", "2", "--set", "train.epochs=1", cwd=isolated)
+    assert re.search(r"^seed 3: run [0-9a-f]{32}, test auc", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^seed 4: run [0-9a-f]{32}, test auc", proc.stdout, re.M), proc.stdout
+    assert re.search(
+        r"^parent run [0-9a-f]{32}: 2 seeds, test auc \d\.\d{4} ± \d\.\d{4}", proc.stdout, re.M
+    )
+    bad = dglrec("fit", tiny_recipe, "--seeds", "two", cwd=isolated, check=False)
+    assert bad.returncode == 2 and "--seeds 'two'" in bad.stderr and "Traceback" not in bad.stderr
