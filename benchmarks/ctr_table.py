@@ -63,7 +63,8 @@ def main() -> None:
 
     # CTR recipes report auc/acc/f1, edge regression mse/mae; the first selects epochs.
     first = next(iter(next(iter(results.values())).values()))
-    metrics = [k[len("test_") :] for k in first if k.startswith("test_")]
+    headline = ("auc", "acc", "f1", "mse", "mae", "recall_at_10", "ndcg_at_10")
+    metrics = [m for m in headline if f"test_{m}" in first]
     main_metric = metrics[0]
     lines = [
         f"seeds {args.seeds}; overrides {args.overrides or 'none'}; "

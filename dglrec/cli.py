@@ -170,8 +170,9 @@ def fit(recipe, overrides, seed, resume_run_id, seeds) -> None:
                 "continue with `dglrec fit --resume RUN_ID`"
             )
             sys.exit(130)
-    test = " ".join(f"{key} {value:.4f}" for key, value in result.test.items())
-    click.echo(f"run {run_id}: best epoch {result.best_epoch}, test {test}")
+    from dglrec.training import describe
+
+    click.echo(f"run {run_id}: best epoch {result.best_epoch}, test {describe(result.test)}")
 
 
 def _fit_seeds(cfg, seeds: str) -> None:

@@ -86,6 +86,10 @@ class EvalConfig:
     # The eval-split metric that selects the best epoch (never a test metric).
     # CTR: auc, acc or f1; edge regression: mse or mae.
     select_metric: Literal["auc", "acc", "f1", "mse", "mae"] = "auc"
+    # CTR models: full-ranking top-K metrics on the test split (dglrec.ranking) for
+    # these K, scored in chunks of ranking_users users x all items; [] turns it off.
+    ranking_ks: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
+    ranking_users: int = 64
 
 
 @dataclass

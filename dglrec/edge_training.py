@@ -213,6 +213,9 @@ class EdgeRegressionTrainer(Trainer):
             ]
         return torch.cat(out).numpy() if out else np.zeros(0)
 
+    def final_test(self) -> dict:
+        return self.evaluate("test")  # ranking metrics are a CTR matter
+
     def evaluate(self, split: str) -> dict:
         eids = self.dataset.edges_of(split)
         return regression_metrics(self.dataset.weight[eids].numpy(), self.predict_edges(eids))

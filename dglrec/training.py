@@ -130,8 +130,16 @@ class UnseenItemSampler:
 
 
 def describe(metrics: dict) -> str:
-    """``"auc 0.7900 acc 0.7100 f1 0.7000"``: a split's metrics on one line."""
-    return " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+    """``"auc 0.7900 acc 0.7100 f1 0.7000 recall_at_10 ..."``: a split's headline metrics.
+
+    Of the top-K metrics only recall and NDCG at 10 are shown; all are logged.
+    """
+    shown = {
+        k: v
+        for k, v in metrics.items()
+        if "_at_" not in k and k != "ranking_users" or k in ("recall_at_10", "ndcg_at_10")
+    }
+    return " ".join(f"{k} {v:.4f}" for k, v in shown.items())
 
 
 class KGETripleStream:
@@ -272,15 +280,37 @@ class Trainer:
             yield batch.to(self.cfg.train.device)
 
     @torch.no_grad()
-    def predict(self, pairs: torch.Tensor) -> np.ndarray:
-        """Probabilities for ``pairs`` (``[n, 3]``), with a fixed sampling seed."""
+    def score_pairs(self, pairs: torch.Tensor) -> np.ndarray:
+        """Logits for ``pairs`` (``[n, 3]``), with a fixed sampling seed."""
         self.model.eval()
         reseed_sampling(derived_seed(self.cfg.seed, EVAL_STREAM))
         out = [
-            torch.sigmoid(score(self.model, batch, self.graph).logits).cpu()
+            score(self.model, batch, self.graph).logits.float().cpu()
             for batch in self.batches(pairs, self.cfg.eval.batch_size)
         ]
         return torch.cat(out).numpy()
+
+    def predict(self, pairs: torch.Tensor) -> np.ndarray:
+        """Probabilities for ``pairs`` (``[n, 3]``), with a fixed sampling seed."""
+        return torch.sigmoid(torch.from_numpy(self.score_pairs(pairs))).numpy()
+
+    def final_test(self) -> dict:
+        """The test split's metrics, with full-ranking top-K ones (``[eval] ranking_ks``)."""
+        test = self.evaluate("test")
+        if self.cfg.eval.ranking_ks:
+            from dglrec.ranking import evaluate_ranking
+
+            began = time.perf_counter()
+            test.update(
+                evaluate_ranking(
+                    self, "test", self.cfg.eval.ranking_ks, self.cfg.eval.ranking_users
+                )
+            )
+            self.log(
+                f"full ranking of {int(test['ranking_users'])} test users in "
+                f"{time.perf_counter() - began:.1f}s"
+            )
+        return test
 
     def evaluate(self, split: str) -> dict:
         pairs = self.dataset.splits[split]
@@ -418,7 +448,7 @@ class Trainer:
     def _fit(self, resume: dict | None) -> FitResult:
         cfg = self.cfg
         if self.optimizer is None:
-            evaluation, test = self.evaluate("eval"), self.evaluate("test")
+            evaluation, test = self.evaluate("eval"), self.final_test()
             self.tracker.log_metrics({f"eval_{k}": v for k, v in evaluation.items()}, step=0)
             self.log(f"no trainable parameters: evaluated only; test {describe(test)}")
             return FitResult(
@@ -500,7 +530,7 @@ class Trainer:
         if best is None:
             raise RuntimeError("no epoch was trained (train.epochs < 1?)")
         self.model.load_state_dict(best["state"])
-        test = self.evaluate("test")
+        test = self.final_test()
         self.log(
             f"best epoch {best['epoch']} (eval {metric} {best['metric']:.4f}); "
             f"test {describe(test)}"

@@ -188,7 +188,11 @@ def test_resume_refuses_a_different_recipe(tiny_recipe, isolated):
 def test_kgcn_recipe_on_real_lastfm(lastfm_raw, isolated, monkeypatch):
     monkeypatch.setenv("DGLREC_RAW_DIR", str(lastfm_raw.parent))
     recipe = Path(__file__).parents[1] / "recipes" / "kgcn.toml"
-    proc = dglrec("fit", recipe, "--set", "train.epochs=3", cwd=isolated)
+    # Full ranking of a KG model scores 7.2M user-conditioned pairs (minutes on 2 cores):
+    # it is checked on BPR-MF below.
+    proc = dglrec(
+        "fit", recipe, "--set", "train.epochs=3", "--set", "eval.ranking_ks=[]", cwd=isolated
+    )
     assert "building lastfm-kg" in proc.stderr
     run_id = run_id_of(proc.stdout)
     _, metrics, tags = tracking.get_run(run_id)
@@ -199,6 +203,20 @@ def test_kgcn_recipe_on_real_lastfm(lastfm_raw, isolated, monkeypatch):
     )
     # Three epochs at lr 5e-4 are far from converged, but well above chance.
     assert metrics["test_auc"] > 0.6
+
+
+@pytest.mark.e2e
+def test_full_ranking_on_real_lastfm(lastfm_raw, isolated, monkeypatch):
+    monkeypatch.setenv("DGLREC_RAW_DIR", str(lastfm_raw.parent))
+    recipe = Path(__file__).parents[1] / "recipes" / "bprmf.toml"
+    proc = dglrec("fit", recipe, "--set", "train.epochs=3", cwd=isolated)
+    assert re.search(r"full ranking of \d+ test users", proc.stderr)
+    _, metrics, _ = tracking.get_run(run_id_of(proc.stdout))
+    assert metrics["test_ranking_users"] > 1000
+    for k in (5, 10, 20, 50):
+        assert 0 < metrics[f"test_recall_at_{k}"] <= 1
+    assert metrics["test_recall_at_50"] > metrics["test_recall_at_5"]
+    assert 0 < metrics["test_coverage_at_10"] <= 1 and metrics["test_popularity_at_10"] > 0
 
 
 def test_fit_seeds_prints_each_seed_and_the_mean(tiny_recipe, isolated):
