@@ -25,12 +25,11 @@ from pathlib import Path
 def measure(recipe: str, epochs: int, seed: int) -> dict:
     from dglrec import experiment
     from dglrec.config import load_recipe
-    from dglrec.training import Trainer
 
     cfg = load_recipe(recipe, seed=seed)
     cfg.sweep = {}
     built = experiment.build(cfg, log=lambda _: None)
-    trainer = Trainer(built.model, built.dataset, built.sampler, cfg, log=lambda _: None)
+    trainer = experiment.trainer_for(built, log=lambda _: None)  # CTR or edge regression
     if trainer.optimizer is None:  # nothing to train (Pop)
         seconds = []
     else:
@@ -80,8 +79,9 @@ def main() -> None:
             ],
             capture_output=True,
             text=True,
-            check=True,
         )
+        if out.returncode != 0:
+            sys.exit(f"{recipe} failed:\n{out.stderr[-2000:]}")
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         row = rows[-1]
         print(
