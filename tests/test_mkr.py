@@ -213,3 +213,17 @@ def test_table7_and_table8_sweeps_expand_to_the_papers_grids(tiny_raw, isolated)
     cfg.sweep = {}
     _, result = experiment.fit(cfg, log=lambda _: None)
     assert 0 <= result.test["auc"] <= 1
+
+
+def test_table7_sweep_runs_end_to_end_on_tiny_kg(tiny_raw, isolated):
+    """`dglrec sweep recipes/mmss_mkr_table7.toml`, shrunk to two squasher sets and one epoch."""
+    from dglrec.sweep import run_sweep
+
+    cfg = tiny("mmss_mkr_table7.toml", tiny_raw, "model.dim=8", "train.epochs=1")
+    cfg.sweep = {"model.squashers": [["sigmoid"], ["tanh", "softsign"]]}
+    _, records = run_sweep(cfg, log=lambda _: None)
+    assert [r["overrides"] for r in records] == [
+        ['model.squashers=["sigmoid"]'],
+        ['model.squashers=["tanh", "softsign"]'],
+    ]
+    assert all(0 <= r["test_auc"] <= 1 for r in records)
