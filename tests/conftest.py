@@ -10,6 +10,17 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # CI exports DGLREC_RAW_DIR=../shared/data; fall back to that layout for local runs.
+# What every CTR fit reports on test: AUC/ACC/F1 and the full-ranking top-K metrics.
+CTR_TEST_METRICS = {
+    "auc",
+    "acc",
+    "f1",
+    "recall_at_10",
+    "ndcg_at_10",
+    "coverage_at_10",
+    "popularity_at_10",
+}
+
 REAL_RAW_ROOT = Path(os.environ.get("DGLREC_RAW_DIR") or REPO.parent / "shared" / "data")
 
 

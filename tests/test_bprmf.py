@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from dglrec import experiment
 from dglrec.config import load_recipe
 from dglrec.training import Trainer, UnseenItemSampler
-from tests.conftest import assert_evaluate_matches
+from tests.conftest import CTR_TEST_METRICS, assert_evaluate_matches
 
 RECIPES = Path(__file__).parents[1] / "recipes"
 
@@ -86,13 +86,5 @@ def test_bpr_loss_equals_formula(tiny_raw, isolated):
 
 def test_bprmf_fits_logs_and_evaluates(tiny_raw, isolated):
     run_id, result = experiment.fit(tiny_cfg(tiny_raw), log=lambda _: None)
-    assert len(result.history) == 3 and {
-        "auc",
-        "acc",
-        "f1",
-        "recall_at_10",
-        "ndcg_at_10",
-        "coverage_at_10",
-        "popularity_at_10",
-    } <= set(result.test)
+    assert len(result.history) == 3 and CTR_TEST_METRICS <= set(result.test)
     assert_evaluate_matches(run_id)
