@@ -113,6 +113,13 @@ def build(
     pair_keys = user_raw.astype(np.int64) * (artist_raw.max() + 1) + artist_raw
     if len(np.unique(pair_keys)) != len(pair_keys):
         raise DataFormatError(f"{raw_dir / 'user_artists.dat'}: a (user, artist) pair repeats")
+    if (count < 1).any():
+        # read_columns skips the header and blank lines; report the first bad pair itself.
+        bad = int(np.argmax(count < 1))
+        raise DataFormatError(
+            f"{raw_dir / 'user_artists.dat'}: play count {count[bad]} for user {user_raw[bad]}, "
+            f"artist {artist_raw[bad]} (counts must be >= 1)"
+        )
     users, user_index = np.unique(user_raw, return_inverse=True)
     artists, artist_index = np.unique(artist_raw, return_inverse=True)
     n_users, n_pairs = len(users), len(user_raw)

@@ -174,3 +174,16 @@ def test_a_sweep_picks_the_lowest_eval_mse(tiny_hetrec, isolated):
 
     parent = tracking.get_run(records[0]["run_id"])[2]["mlflow.parentRunId"]
     assert tracking.get_run(parent)[2]["best_run_id"] == best["run_id"]
+
+
+def test_a_zero_play_count_is_named_with_its_file(tiny_hetrec, tmp_path):
+    import shutil
+
+    from dglrec.errors import DataFormatError
+
+    raw = tmp_path / "bad"
+    shutil.copytree(tiny_hetrec, raw)
+    with open(raw / "user_artists.dat", "a") as f:
+        f.write("9999\t10\t0\n")
+    with pytest.raises(DataFormatError, match=r"user_artists.dat: play count 0 for user 9999"):
+        build(EdgeProtocol(dataset="tiny-hetrec"), raw, {})
