@@ -36,7 +36,14 @@ from dgl.dataloading import DataLoader, MultiLayerFullNeighborSampler, as_edge_p
 from dglrec.config import RecipeConfig
 from dglrec.edge_data import EdgeRegressionDataset
 from dglrec.metrics import regression_metrics
-from dglrec.training import NullTracker, Trainer, derived_seed, reseed_sampling, uses_blocks
+from dglrec.training import (
+    EVAL_STREAM,
+    NullTracker,
+    Trainer,
+    derived_seed,
+    reseed_sampling,
+    uses_blocks,
+)
 
 EVAL_BATCH = 65536
 # DGL advises CPU affinity for its multi-process loader; ours runs in-process.
@@ -190,28 +197,25 @@ class EdgeRegressionTrainer(Trainer):
     def predict_edges(self, eids: torch.Tensor) -> np.ndarray:
         """Predicted scores of dataset edges ``eids``."""
         self.model.eval()
-        reseed_sampling(derived_seed(self.cfg.seed, 1_000_003))
+        reseed_sampling(derived_seed(self.cfg.seed, EVAL_STREAM))
         device = self.cfg.train.device
         users, items = self.dataset.user_item(eids)
         if uses_blocks(self.model):
-            graph = self.graph.to(device)
-            blocks = [graph] * self.n_layers
-            h_nodes = items + self.dataset.n_users
-            out = [
-                self.model(
-                    blocks,
-                    users[s : s + EVAL_BATCH].to(device),
-                    h_nodes[s : s + EVAL_BATCH].to(device),
-                ).prediction.cpu()
-                for s in range(0, len(eids), EVAL_BATCH)
-            ]
+            # Whole-graph layers: every node embedded once per chunk over the message graph.
+            blocks = [self.graph.to(device)] * self.n_layers
+            nodes = items + self.dataset.n_users
+
+            def predict(start: int) -> torch.Tensor:
+                chunk = slice(start, start + EVAL_BATCH)
+                return self.model(blocks, users[chunk].to(device), nodes[chunk].to(device))
+
         else:
-            out = [
-                self.model(
-                    users[s : s + EVAL_BATCH].to(device), items[s : s + EVAL_BATCH].to(device)
-                ).prediction.cpu()
-                for s in range(0, len(eids), EVAL_BATCH)
-            ]
+
+            def predict(start: int) -> torch.Tensor:
+                chunk = slice(start, start + EVAL_BATCH)
+                return self.model(users[chunk].to(device), items[chunk].to(device))
+
+        out = [predict(s).prediction.cpu() for s in range(0, len(eids), EVAL_BATCH)]
         return torch.cat(out).numpy() if out else np.zeros(0)
 
     def final_test(self) -> dict:

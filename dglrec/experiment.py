@@ -74,8 +74,7 @@ class Experiment:
 
 def build(cfg: RecipeConfig, dataset: KGRecDataset | None = None, log: Log = print) -> Experiment:
     """Dataset, model and sampler of a recipe; the seed is set before the model's init."""
-    model_task = getattr(get_model(cfg.model_name), "task", "ctr")
-    edge_model = model_task == "edge_regression"
+    edge_model = task_of(get_model(cfg.model_name)) == "edge_regression"
     if edge_model != (cfg.task.kind == "edge_regression"):
         raise ConfigError(
             f"model.name: {cfg.model_name} is {'an edge-regression' if edge_model else 'a CTR'} "
@@ -128,8 +127,8 @@ def sampler_for(cfg: RecipeConfig, model: torch.nn.Module) -> PairSampler:
     return build_sampler(cfg.sampler.kind, n_blocks, cfg.sampler.n_neighbors, model)
 
 
-def task_of(model: torch.nn.Module) -> str:
-    """``"ctr"`` (user-item scoring) unless the model declares another task (``"kge"``)."""
+def task_of(model) -> str:
+    """``"ctr"`` unless the model (instance or class) declares another task (``"kge"``, ...)."""
     return getattr(model, "task", "ctr")
 
 
