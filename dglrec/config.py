@@ -130,6 +130,9 @@ class TrackingConfig:
     experiment: str = ""
     run_name: str = ""
     log_model: bool = True
+    # What runs are grouped by in `dglrec compare` (tag "recipe"); empty: the recipe
+    # file's name (kgcn.toml -> "kgcn"), or the model's name for a recipe built from --set.
+    recipe: str = ""
 
 
 @dataclass
@@ -368,6 +371,8 @@ def load_recipe(
     raw = apply_overrides(raw, list(overrides or []))
     if seed is not None:
         raw["seed"] = seed
+    if path is not None and not raw.get("tracking", {}).get("recipe"):
+        raw.setdefault("tracking", {})["recipe"] = path.stem
     try:
         return resolve(raw)
     except ConfigError as exc:

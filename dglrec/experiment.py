@@ -7,10 +7,13 @@
 from __future__ import annotations
 
 import copy
+import tempfile
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from data_prep.hetrec import EdgeProtocol
@@ -135,6 +138,7 @@ def task_of(model) -> str:
 def run_tags(cfg: RecipeConfig, dataset: KGRecDataset) -> dict:
     tags = {
         "model": cfg.model_name,
+        "recipe": recipe_label(cfg),
         "dataset": cfg.data.name,
         "protocol": dataset.meta["protocol"] + f"; epoch selected by eval {cfg.eval.select_metric}",
         "sampler": cfg.sampler.kind,
@@ -143,6 +147,11 @@ def run_tags(cfg: RecipeConfig, dataset: KGRecDataset) -> dict:
     }
     tags.update({f"data_sha256.{name}": sha for name, sha in dataset.meta["checksums"].items()})
     return tags
+
+
+def recipe_label(cfg: RecipeConfig) -> str:
+    """What ``dglrec compare`` groups a run under: the recipe's name, else the model's."""
+    return cfg.tracking.recipe or cfg.model_name
 
 
 def fit(
@@ -175,12 +184,33 @@ def fit(
         else:
             trainer = trainer_for(experiment, run, log)
             result = trainer.fit(resume=resume_state)
+            log_test_predictions(trainer, run)
         run.log_metrics({f"test_{k}": v for k, v in result.test.items()})
         run.log_metrics({"best_epoch": result.best_epoch})
         run.log_metrics({f"best_eval_{k}": v for k, v in result.best_eval.items()})
         if cfg.tracking.log_model:
             run.log_model(experiment.model)
         return run.run_id, result
+
+
+PREDICTIONS_ARTIFACT = "predictions/test.npz"
+
+
+def log_test_predictions(trainer: Trainer, run: tracking.MlflowRun) -> None:
+    """The best model's test predictions (``user, item, label, score``): ROC curves need them."""
+    if trainer.cfg.task.kind != "ctr":  # edge regression: no labelled pairs to plot
+        return
+    pairs = trainer.dataset.splits["test"]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(PREDICTIONS_ARTIFACT).name
+        np.savez_compressed(
+            path,
+            user=pairs[:, 0].numpy(),
+            item=pairs[:, 1].numpy(),
+            label=pairs[:, 2].numpy(),
+            score=trainer.predict(pairs),
+        )
+        run.log_artifact(path, str(Path(PREDICTIONS_ARTIFACT).parent))
 
 
 def trainer_for(experiment: Experiment, tracker=None, log: Log = print) -> Trainer:
