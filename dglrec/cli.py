@@ -236,6 +236,62 @@ def evaluate(run_id) -> None:
         sys.exit(1)
 
 
+@main.command()
+@click.argument("run_ids", nargs=-1)
+@click.option("--experiment", "experiments", multiple=True, help="MLflow experiment (repeatable).")
+@click.option("--model", "models", multiple=True, help="Only runs of this model (repeatable).")
+@click.option("--recipe", "recipes", multiple=True, help="Only runs of this recipe (repeatable).")
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Only runs with this tag.")
+@click.option(
+    "--metric", "metrics", multiple=True, help="Column to show, e.g. test_auc (repeatable)."
+)
+@click.option("--baseline", help="Group (recipe) to test the others against, paired by seed.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default="compare",
+    show_default=True,
+    help="Directory for table.md, table.csv and the PNG plots.",
+)
+@click.option("--plots/--no-plots", default=True, show_default=True, help="Draw the PNG plots.")
+@click.option(
+    "--log/--no-log",
+    "log_run",
+    default=True,
+    show_default=True,
+    help="Log the table and plots as artifacts of a `comparison` MLflow run.",
+)
+def compare(
+    run_ids, experiments, models, recipes, tags, metrics, baseline, out_dir, plots, log_run
+) -> None:
+    """Compare runs: models x metrics as mean ± std over seeds, paired tests, plots.
+
+    RUN_IDS may name runs or multi-seed / sweep parents (their child runs are
+    used); without them every finished run matching the filters is compared.
+    Runs are grouped by recipe (tag `recipe`).
+
+    \b
+      dglrec compare --experiment lastfm-kg --baseline bprmf
+      dglrec compare PARENT_RUN_1 PARENT_RUN_2 --metric test_auc --metric test_recall_at_20
+    """
+    from pathlib import Path
+
+    from dglrec import compare as cmp
+
+    records = cmp.select_runs(
+        list(run_ids), list(experiments), list(models), list(recipes), cmp.parse_tags(list(tags))
+    )
+    comparison = cmp.build_comparison(records, list(metrics), baseline)
+    click.echo(cmp.format_terminal(comparison), nl=False)
+    files = cmp.write_report(comparison, Path(out_dir), plots=plots)
+    click.echo(f"wrote {', '.join(str(p) for p in files)}")
+    if log_run:
+        experiment = experiments[0] if experiments else "comparisons"
+        run_id = cmp.log_report(comparison, files, experiment)
+        click.echo(f"logged to MLflow run {run_id} (experiment {experiment})")
+
+
 @main.command("models")
 def list_models() -> None:
     """List the registered models and their hyper-parameters."""

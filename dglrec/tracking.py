@@ -17,6 +17,8 @@ from typing import Any
 
 # No usage telemetry from research runs (and no network on many clusters).
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# Artifacts here are small; a progress bar per download only clutters the output.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import mlflow  # noqa: E402
 import mlflow.pytorch  # noqa: E402
@@ -179,3 +181,46 @@ def load_model(run_id: str):
         return mlflow.pytorch.load_model(f"runs:/{run_id}/model", map_location="cpu")
     except (MlflowException, OSError):
         raise RunError(f"run {run_id!r} has no logged model") from None
+
+
+def search_runs(
+    experiments: list[str] | None = None,
+    filter_string: str = "",
+    run_ids: list[str] | None = None,
+) -> list:
+    """Finished or failed runs (``mlflow.entities.Run``) of the named experiments (default: all).
+
+    With ``run_ids`` only those runs are returned, each checked to exist.
+    """
+    configure()
+    client = MlflowClient()
+    if run_ids:
+        runs = []
+        for run_id in run_ids:
+            try:
+                runs.append(client.get_run(run_id))
+            except MlflowException:
+                raise RunError(f"no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}") from None
+        return runs
+    if experiments:
+        ids = []
+        for name in experiments:
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                known = ", ".join(e.name for e in client.search_experiments()) or "none"
+                raise RunError(f"no MLflow experiment {name!r} (experiments: {known})")
+            ids.append(experiment.experiment_id)
+    else:
+        ids = [e.experiment_id for e in client.search_experiments()]
+    if not ids:
+        return []
+    return client.search_runs(ids, filter_string=filter_string, max_results=50_000)
+
+
+def children_of(run) -> list:
+    """The nested runs (seeds, sweep trials) of a parent run."""
+    return MlflowClient().search_runs(
+        [run.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'",
+        max_results=50_000,
+    )
