@@ -292,6 +292,34 @@ def compare(
         click.echo(f"logged to MLflow run {run_id} (experiment {experiment})")
 
 
+@main.command()
+@click.argument("run_id")
+@click.option("--user", "user", required=True, help="HetRec userID, e.g. 2.")
+@click.option("--k", "k", type=int, default=10, show_default=True, help="How many artists.")
+@click.option(
+    "--reasons", type=int, default=3, show_default=True, help="KG neighbours shown per artist."
+)
+@click.option(
+    "--names",
+    "names_file",
+    type=click.Path(dir_okay=False),
+    help="artists.dat with the names [default: found beside the raw data].",
+)
+@click.option(
+    "--format", "output", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+def recommend(run_id, user, k, reasons, names_file, output) -> None:
+    """Top-K artists of RUN_ID's model for one user, with names and KG reasons."""
+    from dglrec.recommend import format_text
+    from dglrec.recommend import recommend as top_k
+
+    rec = top_k(run_id, user, k, reasons, names_file, log=lambda _: None)
+    if output == "json":
+        click.echo(json.dumps(rec.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        click.echo(format_text(rec), nl=False)
+
+
 @main.command("models")
 def list_models() -> None:
     """List the registered models and their hyper-parameters."""

@@ -25,7 +25,7 @@ PROG="local_slurm.sh"
 START_TIMEOUT="${DGLREC_SLURM_START_TIMEOUT:-60}"
 CTLD_PORT="${DGLREC_SLURM_CTLD_PORT:-6817}"
 SLURMD_PORT="${DGLREC_SLURM_SLURMD_PORT:-6818}"
-CRED_EXPIRE="${DGLREC_SLURM_CRED_EXPIRE:-30}"
+CRED_EXPIRE="${DGLREC_SLURM_CRED_EXPIRE:-20}"
 
 log() { echo "[$PROG] $*" >&2; }
 die() { echo "[$PROG] error: $*" >&2; exit "${2:-1}"; }
@@ -48,22 +48,36 @@ MUNGE_MARK="$STATE_DIR/run/munged.started-by-local_slurm"
 MUNGE_SOCKET="/run/munge/munge.socket.2"
 
 # ---------------------------------------------------------------------------- helpers
+# A process counts as alive if it exists and is not a zombie (daemons are reparented to
+# PID 1, which in some containers/VMs reaps them only lazily).
+alive() {
+  local st
+  st="$(sed 's/.*) //' 2>/dev/null <"/proc/$1/stat" | cut -d' ' -f1)" || return 1
+  [[ -n "$st" && "$st" != Z && "$st" != X ]]
+}
+
+live_pgrep() {  # live_pgrep NAME -> pids of non-zombie processes named exactly NAME
+  local p
+  for p in $(pgrep -x "$1" 2>/dev/null); do alive "$p" && echo "$p"; done
+  return 0
+}
+
 pid_alive() {  # pid_alive PIDFILE NAME -> 0 if the pid in PIDFILE is a live NAME process
   local f="$1" name="$2" pid
   [[ -s "$f" ]] || return 1
-  pid="$(tr -dc '0-9' <"$f")"
-  [[ -n "$pid" && -d "/proc/$pid" ]] || return 1
+  pid="$(tr -dc '0-9' 2>/dev/null <"$f")"
+  [[ -n "$pid" ]] && alive "$pid" || return 1
   [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$name" ]]
 }
 
-pidof_file() { tr -dc '0-9' <"$1" 2>/dev/null; }
+pidof_file() { local p; p="$(tr -dc '0-9' 2>/dev/null <"$1")"; [[ -n "$p" ]] && echo "$p"; }
 
 # pids of NAME processes that were started with our config file (fallback if pid file lost)
 pids_with_conf() {
   local name="$1" p
-  for p in $(pgrep -x "$name" 2>/dev/null); do
-    if tr '\0' '\n' <"/proc/$p/cmdline" 2>/dev/null | grep -qxF "$CONF" ||
-       tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qxF "SLURM_CONF=$CONF"; then
+  for p in $(live_pgrep "$name"); do
+    if tr '\0' '\n' 2>/dev/null <"/proc/$p/cmdline" | grep -qxF "$CONF" ||
+       tr '\0' '\n' 2>/dev/null <"/proc/$p/environ" | grep -qxF "SLURM_CONF=$CONF"; then
       echo "$p"
     fi
   done
@@ -78,7 +92,7 @@ wait_gone() {  # wait_gone SECONDS PID... -> 0 when all pids are gone
   local end=$((SECONDS + t)) p alive
   while :; do
     alive=0
-    for p in "$@"; do [[ -d "/proc/$p" ]] && alive=1; done
+    for p in "$@"; do alive "$p" && alive=1; done
     [[ $alive -eq 0 ]] && return 0
     [[ $SECONDS -ge $end ]] && return 1
     sleep 0.5
@@ -155,7 +169,7 @@ ensure_munge() {
 
   # a munged that is running but not answering (or a stale socket/lock) blocks a new one
   local old
-  old="$(pgrep -x munged 2>/dev/null | tr '\n' ' ')"
+  old="$(live_pgrep munged | tr '\n' ' ')"
   if [[ -n "$old" ]]; then
     die "munged is running (pid $old) but 'munge -n | unmunge' fails; fix or stop it first"
   fi
@@ -172,7 +186,7 @@ ensure_munge() {
     sleep 0.5
   done
   mkdir -p "$STATE_DIR/run"
-  pgrep -x munged | head -n1 >"$MUNGE_MARK"
+  live_pgrep munged | head -n1 >"$MUNGE_MARK"
 }
 
 # ---------------------------------------------------------------------------- config
@@ -212,6 +226,8 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=${def_mem}
 SchedulerType=sched/backfill
+# small cluster: rescan pending jobs often (requeued jobs become eligible after cred_expire)
+SchedulerParameters=sched_interval=5,bf_interval=5
 JobCompType=jobcomp/none
 AccountingStorageType=accounting_storage/none
 ReturnToService=2
@@ -335,15 +351,15 @@ cmd_stop() {
 
   # job step daemons that outlived slurmd (they inherit SLURM_CONF from slurmd)
   local steps=""
-  for p in $(pgrep -x slurmstepd 2>/dev/null); do
-    tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qxF "SLURM_CONF=$CONF" && steps="$steps $p"
+  for p in $(live_pgrep slurmstepd); do
+    tr '\0' '\n' 2>/dev/null <"/proc/$p/environ" | grep -qxF "SLURM_CONF=$CONF" && steps="$steps $p"
   done
   # shellcheck disable=SC2086
   stop_pids slurmstepd $steps
 
   if [[ -s "$MUNGE_MARK" ]]; then
     p="$(pidof_file "$MUNGE_MARK")"
-    if [[ -n "$p" && "$(cat "/proc/$p/comm" 2>/dev/null)" == munged ]]; then
+    if [[ -n "$p" ]] && alive "$p" && [[ "$(cat "/proc/$p/comm" 2>/dev/null)" == munged ]]; then
       stop_pids munged "$p"
     fi
     rm -f "$MUNGE_MARK"

@@ -174,6 +174,17 @@ class KGCN(nn.Module):
         return ScoreOutput(logits=logits, l2=tables + matrices, l2_batch=rows + matrices)
 
     @torch.no_grad()
+    def explain(self, block: dgl.DGLGraph) -> torch.Tensor:
+        """``[E]`` first-hop attention ``\\tilde π^u_{r_{v,e}}`` of each edge of a user block.
+
+        The weights with which each destination state (a user's item) averages its
+        KG neighbours: what ``dglrec recommend`` reports as the reason for an item.
+        """
+        user = self.user_emb(block.dstdata["user"])
+        rel = self.relation_emb(block.edata["rel"])
+        return edge_softmax(block, self.attention.edge_scores(block, user, rel))
+
+    @torch.no_grad()
     def load_kge_embeddings(
         self, entity: torch.Tensor, relation: torch.Tensor, rescale: bool = True
     ) -> None:
