@@ -38,7 +38,9 @@ def main() -> None:
       dglrec fit recipes/kgcn.toml --set train.epochs=3 --seed 7
       dglrec fit recipes/kgcn.toml --seeds 5       # 5 seeds under one parent run
       dglrec evaluate RUN_ID                     # re-score a logged model on test
-      mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db
+      dglrec compare --baseline bprmf            # models x metrics, paired tests, plots
+      dglrec recommend RUN_ID --user 2 --k 10    # top-10 artists for HetRec user 2
+      dglrec ui                                  # the MLflow UI on ./mlruns
     """
 
 
@@ -318,6 +320,57 @@ def recommend(run_id, user, k, reasons, names_file, output) -> None:
         click.echo(json.dumps(rec.to_dict(), indent=2, ensure_ascii=False))
     else:
         click.echo(format_text(rec), nl=False)
+
+
+def _exec(command: list[str]) -> None:
+    """Replace this process by ``command`` (Ctrl-C and signals reach MLflow directly)."""
+    import os
+
+    _echo("$ " + " ".join(command))
+    sys.stdout.flush()
+    os.execv(command[0], command)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", type=int, default=5000, show_default=True)
+def ui(host, port) -> None:
+    """The MLflow UI on this project's runs (./mlruns, or $MLFLOW_TRACKING_URI's database).
+
+    Compare runs side by side: tick them in the runs table, then "Compare".
+    """
+    from dglrec.server import ui_command
+
+    command = ui_command(host, port)
+    if isinstance(command, str):
+        click.echo(f"$MLFLOW_TRACKING_URI is a tracking server: open {command}")
+        return
+    _exec(command)
+
+
+@main.command()
+@click.option(
+    "--backend-store-uri",
+    help="Database of runs, e.g. postgresql://user:pw@db/mlflow [default: ./mlruns/mlflow.db].",
+)
+@click.option(
+    "--artifacts-destination",
+    help="Where the server stores artifacts (directory, file:// or s3:// URI) "
+    "[default: ./mlruns/artifacts].",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to listen on; 0.0.0.0 to serve the team.",
+)
+@click.option("--port", type=int, default=5000, show_default=True)
+@click.option("--workers", type=int, help="Server worker processes.")
+def server(backend_store_uri, artifacts_destination, host, port, workers) -> None:
+    """A shared MLflow tracking server; jobs log to it with MLFLOW_TRACKING_URI=http://HOST:PORT."""
+    from dglrec.server import server_command
+
+    _exec(server_command(backend_store_uri, artifacts_destination, host, port, workers))
 
 
 @main.command("models")

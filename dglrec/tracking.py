@@ -35,12 +35,15 @@ def configure() -> str:
     # Schema creation and migration chatter on every new store is not for users.
     for name in ("mlflow.store.db.utils", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        LOCAL_STORE.mkdir(parents=True, exist_ok=True)
-        uri = f"sqlite:///{(LOCAL_STORE / 'mlflow.db').resolve()}"
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or local_store_uri()
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+def local_store_uri() -> str:
+    """The embedded default store, ``sqlite:///<cwd>/mlruns/mlflow.db`` (created if missing)."""
+    LOCAL_STORE.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(LOCAL_STORE / 'mlflow.db').resolve()}"
 
 
 def _experiment_id(name: str) -> str:

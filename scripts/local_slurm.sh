@@ -76,8 +76,8 @@ pidof_file() { local p; p="$(tr -dc '0-9' 2>/dev/null <"$1")"; [[ -n "$p" ]] && 
 pids_with_conf() {
   local name="$1" p
   for p in $(live_pgrep "$name"); do
-    if tr '\0' '\n' 2>/dev/null <"/proc/$p/cmdline" | grep -qxF "$CONF" ||
-       tr '\0' '\n' 2>/dev/null <"/proc/$p/environ" | grep -qxF "SLURM_CONF=$CONF"; then
+    if tr '\0' '\n' 2>/dev/null <"/proc/$p/cmdline" | grep -xF "$CONF" >/dev/null ||
+       tr '\0' '\n' 2>/dev/null <"/proc/$p/environ" | grep -xF "SLURM_CONF=$CONF" >/dev/null; then
       echo "$p"
     fi
   done
@@ -116,7 +116,7 @@ munge_works() {
   munge -n 2>/dev/null | unmunge >/dev/null 2>&1
 }
 
-ctld_up() { SLURM_CONF="$CONF" scontrol ping 2>/dev/null | grep -q 'is UP'; }
+ctld_up() { SLURM_CONF="$CONF" scontrol ping 2>/dev/null | grep 'is UP' >/dev/null; }
 
 node_state() { SLURM_CONF="$CONF" sinfo -h -N -o %T 2>/dev/null | head -n1; }
 
@@ -232,6 +232,8 @@ JobCompType=jobcomp/none
 AccountingStorageType=accounting_storage/none
 ReturnToService=2
 JobRequeue=1
+# reject impossible requests (too many nodes/CPUs) at submit time instead of pending forever
+EnforcePartLimits=ALL
 SlurmctldTimeout=30
 SlurmdTimeout=30
 InactiveLimit=0
@@ -263,7 +265,7 @@ print_env() {
 cmd_start() {
   require_root
   ensure_packages
-  local t0=$SECONDS
+  local t0=$SECONDS p
 
   if [[ -f "$CONF" ]] && pid_alive "$CTLD_PID" slurmctld && pid_alive "$SLURMD_PID" slurmd &&
      ctld_up && [[ "$(node_state)" == idle || "$(node_state)" == mixed || "$(node_state)" == allocated ]]; then
@@ -271,6 +273,15 @@ cmd_start() {
     print_env
     return 0
   fi
+
+  local d other
+  for d in slurmctld slurmd; do
+    other=""
+    for p in $(live_pgrep "$d"); do
+      grep -qxF "$p" <<<"$(pids_with_conf "$d")" || other="$other $p"
+    done
+    [[ -z "$other" ]] || die "another $d (pid$other) not using $CONF is running (different STATE_DIR?); stop it first or set DGLREC_SLURM_CTLD_PORT/DGLREC_SLURM_SLURMD_PORT"
+  done
 
   ensure_munge
   write_conf
@@ -352,7 +363,7 @@ cmd_stop() {
   # job step daemons that outlived slurmd (they inherit SLURM_CONF from slurmd)
   local steps=""
   for p in $(live_pgrep slurmstepd); do
-    tr '\0' '\n' 2>/dev/null <"/proc/$p/environ" | grep -qxF "SLURM_CONF=$CONF" && steps="$steps $p"
+    tr '\0' '\n' 2>/dev/null <"/proc/$p/environ" | grep -xF "SLURM_CONF=$CONF" >/dev/null && steps="$steps $p"
   done
   # shellcheck disable=SC2086
   stop_pids slurmstepd $steps
@@ -365,7 +376,11 @@ cmd_stop() {
     rm -f "$MUNGE_MARK"
   fi
   rm -f "$CTLD_PID" "$SLURMD_PID"
-  log "stopped (state kept in $STATE_DIR)"
+  if [[ -n "${ctld// /}${slurmd_pids// /}${steps// /}" ]]; then
+    log "stopped (state kept in $STATE_DIR)"
+  else
+    log "no slurm daemons from $STATE_DIR were running"
+  fi
   return 0
 }
 
