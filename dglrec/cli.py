@@ -198,21 +198,172 @@ def _fit_seeds(cfg, seeds: str) -> None:
         sys.exit(1)
 
 
+def cluster_options(command):
+    """Slurm resources; each overrides the recipe's [cluster] key of the same name."""
+    options = [
+        click.option("--partition", help="Slurm partition [cluster.partition]."),
+        click.option("--time", "time_limit", help="Time limit, e.g. 02:00:00 [cluster.time]."),
+        click.option("--cpus", type=int, help="CPUs per job [cluster.cpus]."),
+        click.option("--mem", help="Memory per job, e.g. 16G [cluster.mem]."),
+        click.option("--gpus", type=int, help="GPUs per job [cluster.gpus]."),
+        click.option("--account", help="Slurm account [cluster.account]."),
+        click.option(
+            "--max-parallel", type=int, help="Array tasks running at once [cluster.max_parallel]."
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _cluster_overrides(**values) -> list[str]:
+    names = {"time_limit": "time"}
+    return [
+        f"cluster.{names.get(key, key)}={json.dumps(value)}"
+        for key, value in values.items()
+        if value is not None
+    ]
+
+
 @main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @recipe_options
-def sweep(recipe, overrides, seed) -> None:
-    """Fit every combination of RECIPE's [sweep] grid as child runs of one parent run.
+@click.option(
+    "--workers", type=int, default=1, show_default=True, help="Trials run at once, locally."
+)
+@click.option(
+    "--cluster",
+    type=click.Choice(["slurm"]),
+    help="Submit the trials as a job array instead of running them here.",
+)
+@cluster_options
+def sweep(recipe, overrides, seed, workers, cluster, **resources) -> None:
+    """Fit every trial of RECIPE's [sweep] (grid or random) as child runs of one parent run.
 
     The best trial is chosen by its eval metric ([eval] select_metric), never by test.
+    Locally with --workers N processes, or on Slurm with --cluster slurm.
     """
     from dglrec.config import load_recipe
     from dglrec.sweep import format_table, run_sweep
 
-    cfg = load_recipe(recipe, list(overrides), seed=seed)
-    parent_id, records = run_sweep(cfg, log=_echo)
+    extra = _cluster_overrides(**resources)
+    cfg = load_recipe(recipe, list(overrides) + extra, seed=seed)
+    if cluster:
+        _submit(cfg, "sweep")
+        return
+    parent_id, records = run_sweep(cfg, log=_echo, workers=workers)
     click.echo(f"sweep run {parent_id}: {len(records)} trials")
     click.echo(format_table(records, cfg.eval.select_metric), nl=False)
+
+
+def _submit(cfg, kind: str, seeds: list[int] | None = None) -> None:
+    from dglrec import batch, slurm
+
+    submission = batch.create(cfg, kind, seeds, extra_tags={"cluster": "slurm"})
+    jobs = slurm.submit(submission, cfg.cluster)
+    click.echo(f"batch {submission.id}: {len(submission.tasks)} task(s) in {submission.directory}")
+    click.echo(f"array job {jobs['array']} (tasks {jobs['array']}_0..{len(submission.tasks) - 1})")
+    if "finalize" in jobs:
+        click.echo(
+            f"finalize job {jobs['finalize']} (after the array); parent run "
+            f"{submission.parent_run_id}"
+        )
+    click.echo(f"follow with: dglrec jobs --batch {submission.id}")
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@recipe_options
+@click.option(
+    "--cluster",
+    type=click.Choice(["slurm"]),
+    default="slurm",
+    show_default=True,
+    help="Scheduler to submit to.",
+)
+@click.option("--seeds", metavar="N|S1,S2,...", help="One job per seed, under one parent run.")
+@cluster_options
+def submit(recipe, overrides, seed, cluster, seeds, **resources) -> None:
+    """Submit `dglrec fit RECIPE` to a cluster, with the recipe frozen now.
+
+    Resources come from the recipe's [cluster] section, overridden by the options.
+    A job stopped by its time limit or preempted is requeued and resumes its run
+    from the last checkpoint.
+    """
+    from dglrec.config import load_recipe
+    from dglrec.multiseed import parse_seeds
+
+    cfg = load_recipe(recipe, list(overrides) + _cluster_overrides(**resources), seed=seed)
+    if seeds:
+        _submit(cfg, "multi_seed", parse_seeds(seeds, cfg.seed))
+    else:
+        _submit(cfg, "single")
+
+
+@main.command()
+@click.option("--jobs-dir", default="jobs", show_default=True, help="[cluster] jobs_dir.")
+@click.option("--batch", "only", metavar="BATCH|ARRAY_JOB_ID", help="Only this submission.")
+@click.option("--cancel", metavar="BATCH|JOB_ID", help="Cancel a submission or one job.")
+def jobs(jobs_dir, only, cancel) -> None:
+    """List submitted jobs: Slurm state, MLflow run and its eval metric; or cancel them."""
+    from dglrec import slurm
+
+    if cancel:
+        click.echo(f"cancelled {' '.join(slurm.cancel(jobs_dir, cancel))}")
+        return
+    rows = slurm.job_table(jobs_dir, only)
+    if not rows:
+        click.echo(f"no submitted batches under {jobs_dir}/")
+        return
+    header = ("batch", "task", "job", "state", "run", "run status", "eval")
+    table = [header] + [
+        (r.batch, str(r.task), r.job, r.state, r.run_id, r.run_status, r.metric) for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+@main.command(hidden=True)
+@click.argument("batch_dir", type=click.Path(file_okay=False))
+@click.option("--index", type=int, help="The task to run.")
+@click.option("--finalize", is_flag=True, help="Close the batch's parent run.")
+def task(batch_dir, index, finalize) -> None:
+    """Run one task of a batch (what workers and Slurm jobs execute)."""
+    import os
+    import signal
+    import subprocess
+
+    from dglrec.batch import Batch, run_task
+    from dglrec.batch import finalize as close
+
+    batch = Batch.load(batch_dir)
+    if finalize:
+        out = close(batch, log=_echo)
+        click.echo(f"batch {batch.id}: {len(out['runs'])} finished, failed tasks {out['failed']}")
+        return
+    if index is None:
+        raise click.UsageError("give --index I or --finalize")
+    received: list[int] = []
+
+    def stop_after_this_batch(signum, frame):
+        # The trainer stops at its next batch on SIGINT; its epochs are checkpointed.
+        received.append(signum)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    signal.signal(signal.SIGUSR1, stop_after_this_batch)  # Slurm: time limit in requeue_grace s
+    signal.signal(signal.SIGTERM, stop_after_this_batch)  # preempted, requeued or cancelled
+    try:
+        run_id = run_task(batch, index, log=_echo)
+    except KeyboardInterrupt:
+        job = os.environ.get("SLURM_JOB_ID")
+        if signal.SIGUSR1 in received and job:
+            subprocess.run(["scontrol", "requeue", job], check=False)
+            _echo(f"task {index}: time limit near; checkpointed and requeued job {job}")
+            sys.exit(0)
+        _echo(f"task {index}: stopped; the last finished epoch is checkpointed")
+        sys.exit(143 if signal.SIGTERM in received else 130)
+    click.echo(f"task {index}: run {run_id}")
 
 
 @main.command()

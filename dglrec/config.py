@@ -136,6 +136,32 @@ class TrackingConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """``[cluster]``: where ``dglrec submit`` / ``dglrec sweep --cluster`` send jobs (Slurm).
+
+    Command-line options (``--partition``, ``--time``...) override these.
+    """
+
+    partition: str = ""
+    # Wall-clock limit per job, Slurm's format: "MM", "HH:MM:SS" or "D-HH:MM:SS".
+    time: str = "01:00:00"
+    cpus: int = 2
+    # Memory per job, Slurm's format ("8G", "16000M").
+    mem: str = "8G"
+    gpus: int = 0
+    account: str = ""
+    # At most this many array tasks (seeds, trials) run at once; 0: no limit.
+    max_parallel: int = 0
+    # Seconds before the time limit at which a job checkpoints and requeues itself.
+    requeue_grace: int = 120
+    # Extra sbatch arguments, e.g. ["--qos=long", "--constraint=skylake"].
+    sbatch_args: list[str] = field(default_factory=list)
+    # Where batches (sweeps, seeds, submissions) keep their frozen recipe, job scripts and
+    # logs; on a cluster it must be on a filesystem the nodes share.
+    jobs_dir: str = "jobs"
+
+
+@dataclass
 class RecipeConfig:
     seed: int = 42
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -146,8 +172,10 @@ class RecipeConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    # [sweep]: "section.key" = [values...]; `dglrec sweep` fits the grid (see dglrec.sweep).
-    sweep: dict[str, list] = field(default_factory=dict)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    # [sweep]: "section.key" = [values...] (or {min, max, log} for random search);
+    # method = "grid" | "random", n_trials = N (random). See dglrec.sweep.
+    sweep: dict[str, Any] = field(default_factory=dict)
 
     @property
     def model_name(self) -> str:
@@ -320,12 +348,9 @@ def resolve(raw: dict[str, Any]) -> RecipeConfig:
         elif key == "model":
             continue
         elif key == "sweep":
-            for path, values in value.items():
-                if not isinstance(values, list) or not values:
-                    raise ConfigError(f"sweep.{path}: expected a non-empty list of values")
-                if len(path.split(".")) != 2:
-                    raise ConfigError(f"sweep: {path!r} is not a section.key")
-            kwargs["sweep"] = dict(value)
+            from dglrec.sweep import validate_sweep
+
+            kwargs["sweep"] = validate_sweep(dict(value))
         else:
             section_type = typing.get_type_hints(RecipeConfig)[key]
             kwargs[key] = build_section(section_type, value, key)

@@ -160,8 +160,12 @@ def fit(
     resume_state: dict | None = None,
     log: Log = print,
     parent_run_id: str | None = None,
+    extra_tags: dict[str, str] | None = None,
 ) -> tuple[str, FitResult]:
-    """Train a recipe into an MLflow run, new or resumed from a checkpoint of that run."""
+    """Train a recipe into an MLflow run, new or resumed from a checkpoint of that run.
+
+    ``extra_tags`` (e.g. a batch task and its Slurm job id) are set on new and resumed runs.
+    """
     if resume_run_id is not None and resume_state is None:
         resume_state = load_checkpoint(resume_run_id)
     experiment = build(cfg, log=log)
@@ -177,6 +181,8 @@ def fit(
             run.set_tags(run_tags(cfg, experiment.dataset))
             run.log_text(cfg.to_toml(), "recipe.toml")
             run.log_metrics({f"data_{k}": v for k, v in experiment.dataset.meta["stats"].items()})
+        if extra_tags:
+            run.set_tags(extra_tags)
         if task_of(experiment.model) == "kge":
             if resume_state is not None:
                 raise RunError("resuming is supported for CTR models; KGE fits are short, rerun it")

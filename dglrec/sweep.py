@@ -1,4 +1,4 @@
-"""Grid sweeps over recipe keys, run locally as child runs of one parent run.
+"""Sweeps over recipe keys: grid or random search, each trial a child run of one parent run.
 
 A recipe's ``[sweep]`` table maps ``"section.key"`` to a list of values::
 
@@ -6,10 +6,21 @@ A recipe's ``[sweep]`` table maps ``"section.key"`` to a list of values::
     "sampler.n_neighbors" = [4, 8, 16]
     "model.n_layers" = [1, 2]
 
-``dglrec sweep RECIPE`` fits every combination (a trial) as a nested MLflow run
-under a parent run. The parent records, for every trial, its eval and test
-metrics, and names the best trial by the *eval* metric of ``[eval]
-select_metric``; test metrics are reported, never used to choose.
+and fits every combination (``method = "grid"``, the default). Random search
+draws ``n_trials`` settings, each key from its list or from a range::
+
+    [sweep]
+    method = "random"
+    n_trials = 20
+    "train.lr" = {min = 1e-4, max = 1e-2, log = true}
+    "model.dim" = [8, 16, 32]
+    "sampler.n_neighbors" = {min = 2, max = 16, int = true}
+
+The draws are fixed by the recipe's seed. ``dglrec sweep RECIPE`` fits the
+trials (``--workers N`` in N processes, ``--cluster slurm`` as a job array). The
+parent run records every trial's eval and test metrics and names the best trial
+by the *eval* metric of ``[eval] select_metric``; test metrics are reported,
+never used to choose.
 """
 
 from __future__ import annotations
@@ -19,7 +30,8 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from dglrec import tracking
+import numpy as np
+
 from dglrec.config import RecipeConfig, apply_overrides, resolve, toml_value
 from dglrec.errors import ConfigError
 from dglrec.metrics import HIGHER_IS_BETTER
@@ -31,15 +43,77 @@ class Trial:
     cfg: RecipeConfig
 
 
+SWEEP_OPTIONS = ("method", "n_trials")
+RANGE_KEYS = {"min", "max", "log", "int"}
+
+
+def validate_sweep(table: dict) -> dict:
+    """Check a ``[sweep]`` table; errors name the offending ``sweep.*`` key."""
+    method = table.get("method", "grid")
+    if method not in ("grid", "random"):
+        raise ConfigError(f'sweep.method: expected "grid" or "random", got {method!r}')
+    if method == "random":
+        n_trials = table.get("n_trials")
+        if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
+            raise ConfigError("sweep.n_trials: random search needs a positive number of trials")
+    elif "n_trials" in table:
+        raise ConfigError('sweep.n_trials: only for method = "random" (a grid fits every point)')
+    for path, values in table.items():
+        if path in SWEEP_OPTIONS:
+            continue
+        if len(path.split(".")) != 2:
+            raise ConfigError(f"sweep: {path!r} is not a section.key")
+        if isinstance(values, dict):
+            if method != "random":
+                raise ConfigError(f'sweep.{path}: a {{min, max}} range needs method = "random"')
+            unknown = set(values) - RANGE_KEYS
+            low, high = values.get("min"), values.get("max")
+            if unknown or not all(isinstance(v, int | float) for v in (low, high)) or low >= high:
+                raise ConfigError(f"sweep.{path}: expected {{min = a, max = b}} with a < b")
+            if values.get("log") and low <= 0:
+                raise ConfigError(f"sweep.{path}: a log range needs min > 0")
+        elif not isinstance(values, list) or not values:
+            raise ConfigError(f"sweep.{path}: expected a non-empty list of values")
+    return table
+
+
+def search_space(cfg: RecipeConfig) -> dict:
+    """The ``[sweep]`` keys that vary (``method`` and ``n_trials`` left out)."""
+    return {k: v for k, v in cfg.sweep.items() if k not in SWEEP_OPTIONS}
+
+
+def sample_points(cfg: RecipeConfig) -> list[tuple]:
+    """The trials' values, one tuple per trial in the order of :func:`search_space`."""
+    space = search_space(cfg)
+    if cfg.sweep.get("method", "grid") == "grid":
+        return list(itertools.product(*space.values()))
+    rng = np.random.default_rng([cfg.seed, 0x5EE9])
+    points = []
+    for _ in range(cfg.sweep["n_trials"]):
+        point = []
+        for spec in space.values():
+            if isinstance(spec, list):
+                point.append(spec[int(rng.integers(len(spec)))])
+                continue
+            low, high = float(spec["min"]), float(spec["max"])
+            if spec.get("log"):
+                value = float(np.exp(rng.uniform(np.log(low), np.log(high))))
+            else:
+                value = float(rng.uniform(low, high))
+            point.append(int(round(value)) if spec.get("int") else value)
+        points.append(tuple(point))
+    return points
+
+
 def expand(cfg: RecipeConfig) -> list[Trial]:
-    """One :class:`Trial` per combination of the ``[sweep]`` values, in grid order."""
-    if not cfg.sweep:
+    """One :class:`Trial` per grid point or random draw of the ``[sweep]`` table."""
+    if not search_space(cfg):
         raise ConfigError('sweep: the recipe has no [sweep] table of "section.key" = [values]')
     base = cfg.to_dict()
     base["sweep"] = {}
-    keys = list(cfg.sweep)
+    keys = list(search_space(cfg))
     trials = []
-    for values in itertools.product(*(cfg.sweep[k] for k in keys)):
+    for values in sample_points(cfg):
         overrides = [f"{k}={toml_value(v)}" for k, v in zip(keys, values, strict=True)]
         try:
             trial_cfg = resolve(apply_overrides(copy.deepcopy(base), overrides))
@@ -49,52 +123,17 @@ def expand(cfg: RecipeConfig) -> list[Trial]:
     return trials
 
 
-def run_sweep(cfg: RecipeConfig, log: Callable[[str], None] = print) -> tuple[str, list[dict]]:
-    """Fit every trial; return the parent run id and one record per trial."""
-    from dglrec import experiment
+def run_sweep(
+    cfg: RecipeConfig, log: Callable[[str], None] = print, workers: int = 1
+) -> tuple[str, list[dict]]:
+    """Fit every trial here (``workers`` processes at a time); the parent run id and records."""
+    from dglrec import batch
 
-    trials = expand(cfg)
-    metric = cfg.eval.select_metric
-    records = []
-    with tracking.MlflowRun(
-        cfg.tracking.experiment or cfg.data.name,
-        run_name=cfg.tracking.run_name or f"{cfg.model_name}-sweep-s{cfg.seed}",
-    ) as parent:
-        parent.log_params({f"sweep.{k}": str(v) for k, v in cfg.sweep.items()})
-        parent.set_tags(
-            {
-                "kind": "sweep",
-                "model": cfg.model_name,
-                "dataset": cfg.data.name,
-                "selected_by": f"eval_{metric}",
-                "git_commit": tracking.git_commit(),
-            }
-        )
-        parent.log_text(cfg.to_toml(), "recipe.toml")
-        for number, trial in enumerate(trials):
-            log(f"trial {number + 1}/{len(trials)}: {' '.join(trial.overrides)}")
-            trial.cfg.tracking.run_name = f"{cfg.model_name}-t{number}-s{cfg.seed}"
-            run_id, result = experiment.fit(trial.cfg, log=log, parent_run_id=parent.run_id)
-            records.append(
-                {
-                    "trial": number,
-                    "overrides": trial.overrides,
-                    "run_id": run_id,
-                    "best_epoch": result.best_epoch,
-                    **{f"eval_{k}": v for k, v in result.best_eval.items()},
-                    **{f"test_{k}": v for k, v in result.test.items()},
-                }
-            )
-        best = best_record(records, metric)
-        parent.log_metrics(
-            {f"best_eval_{metric}": best[f"eval_{metric}"], "best_trial": best["trial"]}
-        )
-        parent.log_metrics({k: v for k, v in best.items() if k.startswith("test_")})
-        parent.set_tags(
-            {"best_run_id": best["run_id"], "best_overrides": " ".join(best["overrides"])}
-        )
-        parent.log_text(format_table(records, metric), "trials.md")
-        return parent.run_id, records
+    trials = batch.create(cfg, "sweep")
+    out = batch.run_local(trials, workers, log)
+    if not out["records"]:
+        raise ConfigError(f"sweep {trials.id}: no trial finished (logs: {trials.path / 'logs'})")
+    return trials.parent_run_id, out["records"]
 
 
 def best_record(records: list[dict], metric: str) -> dict:

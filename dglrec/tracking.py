@@ -4,14 +4,24 @@ Store: ``$MLFLOW_TRACKING_URI`` when set (e.g. a team tracking server), else the
 embedded default ``sqlite:///<cwd>/mlruns/mlflow.db`` with artifacts under
 ``mlruns/artifacts/`` (MLflow 3 no longer accepts a plain ``./mlruns`` file store).
 One experiment per dataset, one run per fit.
+
+Several processes may log at once (local sweep workers, jobs on one node): the
+SQLite store is switched to write-ahead logging, created under a file lock (two
+first users would otherwise both create its tables), and every write that meets
+SQLite's "database is locked" is retried with backoff rather than lost.
 """
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import logging
 import os
+import random
+import sqlite3
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +47,53 @@ def configure() -> str:
         logging.getLogger(name).setLevel(logging.WARNING)
     uri = os.environ.get("MLFLOW_TRACKING_URI") or local_store_uri()
     mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:///") and uri not in _READY:
+        _prepare_sqlite(uri)
     return uri
+
+
+_READY: set[str] = set()
+# Total time a write keeps retrying on "database is locked" before giving up.
+LOCKED_RETRY_SECONDS = 120.0
+
+
+def _prepare_sqlite(uri: str) -> None:
+    """WAL mode, and the schema created (or migrated) by one process at a time."""
+    path = Path(uri.removeprefix("sqlite:///"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / ".mlflow-init.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            with sqlite3.connect(path, timeout=60) as connection:
+                # Readers no longer block the writer, nor the writer the readers.
+                connection.execute("PRAGMA journal_mode=WAL")
+            MlflowClient(uri).search_experiments(max_results=1)  # creates/migrates the schema
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    _READY.add(uri)
+
+
+def _locked(exc: BaseException) -> bool:
+    return "database is locked" in str(exc) or "database is busy" in str(exc)
+
+
+def retry_locked(function):
+    """Retry ``function`` while SQLite reports "database is locked" (another writer)."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        deadline = time.monotonic() + LOCKED_RETRY_SECONDS
+        delay = 0.05
+        while True:
+            try:
+                return function(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 (MlflowException or sqlalchemy's)
+                if not _locked(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 2.0)
+
+    return wrapper
 
 
 def local_store_uri() -> str:
@@ -99,10 +155,10 @@ class MlflowRun:
                 MlflowClient().get_run(run_id)
             except MlflowException:
                 raise RunError(f"no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}") from None
-            self._run = mlflow.start_run(run_id=run_id)
+            self._run = retry_locked(mlflow.start_run)(run_id=run_id)
         else:
-            self._run = mlflow.start_run(
-                experiment_id=_experiment_id(experiment),
+            self._run = retry_locked(mlflow.start_run)(
+                experiment_id=retry_locked(_experiment_id)(experiment),
                 run_name=run_name or None,
                 nested=parent_run_id is not None,
                 tags={"mlflow.parentRunId": parent_run_id} if parent_run_id else None,
@@ -119,20 +175,24 @@ class MlflowRun:
             status = "KILLED"
         else:
             status = "FAILED"
-        mlflow.end_run(status)
+        retry_locked(mlflow.end_run)(status)
 
+    @retry_locked
     def log_params(self, params: dict[str, Any]) -> None:
         mlflow.log_params({k: ("" if v is None else v) for k, v in params.items()})
 
+    @retry_locked
     def set_tags(self, tags: dict[str, Any]) -> None:
         mlflow.set_tags(tags)
 
+    @retry_locked
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         mlflow.log_artifact(str(path), artifact_path)
 
+    @retry_locked
     def log_text(self, text: str, artifact_file: str) -> None:
         mlflow.log_text(text, artifact_file)
 
@@ -227,3 +287,60 @@ def children_of(run) -> list:
         filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'",
         max_results=50_000,
     )
+
+
+@retry_locked
+def create_run(
+    experiment: str, run_name: str, tags: dict[str, str], params: dict[str, Any], texts: dict
+) -> str:
+    """A run left RUNNING (no active run in this process): a batch's parent, closed later."""
+    configure()
+    client = MlflowClient()
+    run = client.create_run(_experiment_id(experiment), run_name=run_name, tags=tags)
+    for key, value in params.items():
+        client.log_param(run.info.run_id, key, "" if value is None else value)
+    for name, text in texts.items():
+        client.log_text(run.info.run_id, text, name)
+    return run.info.run_id
+
+
+@retry_locked
+def update_run(
+    run_id: str,
+    metrics: dict[str, float] | None = None,
+    tags: dict[str, str] | None = None,
+    texts: dict[str, str] | None = None,
+    status: str | None = None,
+) -> None:
+    """Log to a run that is not this process's active run; ``status`` ends it."""
+    configure()
+    client = MlflowClient()
+    for key, value in (metrics or {}).items():
+        client.log_metric(run_id, key, float(value))
+    for key, value in (tags or {}).items():
+        client.set_tag(run_id, key, value)
+    for name, text in (texts or {}).items():
+        client.log_text(run_id, text, name)
+    if status is not None:
+        client.set_terminated(run_id, status)
+
+
+@retry_locked
+def find_runs(filter_string: str) -> list:
+    """Runs of every experiment matching ``filter_string``, newest first."""
+    configure()
+    client = MlflowClient()
+    ids = [e.experiment_id for e in client.search_experiments()]
+    if not ids:
+        return []
+    return client.search_runs(
+        ids,
+        filter_string=filter_string,
+        order_by=["attributes.start_time DESC"],
+        max_results=50_000,
+    )
+
+
+def list_artifacts(run_id: str, path: str | None = None) -> list[str]:
+    configure()
+    return [f.path for f in MlflowClient().list_artifacts(run_id, path)]
