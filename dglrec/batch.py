@@ -248,6 +248,7 @@ def finalize(batch: Batch, log: Log = print) -> dict:
             for i, r in done.items()
         }
         metrics = summarize(per_seed)
+        out["per_seed"], out["summary"] = per_seed, metrics
         if failed:
             tags["failed_seeds"] = ",".join(
                 batch.tasks[i]["overrides"][0].split("=")[1] for i in failed
@@ -282,6 +283,7 @@ def run_local(batch: Batch, workers: int = 1, log: Log = print) -> dict:
     if workers < 1:
         raise ConfigError(f"--workers {workers}: expected at least 1")
     n = len(batch.tasks)
+    errors: dict[int, str] = {}
     if workers == 1:
         for task in batch.tasks:
             log(f"task {task['index'] + 1}/{n}: {' '.join(task['overrides']) or '(recipe)'}")
@@ -290,8 +292,9 @@ def run_local(batch: Batch, workers: int = 1, log: Log = print) -> dict:
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # noqa: BLE001 (one failed task must not stop the others)
-                log(f"task {task['index']} failed: {type(exc).__name__}: {exc}")
-        return finalize(batch, log)
+                errors[task["index"]] = f"{type(exc).__name__}: {exc}"
+                log(f"task {task['index']} failed: {errors[task['index']]}")
+        return {**finalize(batch, log), "errors": errors}
 
     threads = max(1, (os.cpu_count() or 1) // workers)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -318,9 +321,11 @@ def run_local(batch: Batch, workers: int = 1, log: Log = print) -> dict:
                 out.close()
                 del running[index]
                 state = "done" if process.returncode == 0 else f"FAILED (exit {process.returncode})"
+                if process.returncode != 0:
+                    errors[index] = f"exit {process.returncode}; see {out.name}"
                 log(f"task {index} {state}; {n - len(pending) - len(running)}/{n} ended")
     except KeyboardInterrupt:
         for process, _ in running.values():
             process.terminate()
         raise
-    return finalize(batch, log)
+    return {**finalize(batch, log), "errors": errors}

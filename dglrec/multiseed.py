@@ -11,12 +11,10 @@ run; Ctrl-C stops the whole run.
 
 from __future__ import annotations
 
-import copy
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dglrec import tracking
 from dglrec.config import RecipeConfig
 from dglrec.errors import ConfigError
 
@@ -61,51 +59,15 @@ def summarize(per_seed: dict[int, dict[str, float]]) -> dict[str, float]:
 def fit_seeds(
     cfg: RecipeConfig, seeds: list[int], log: Callable[[str], None] = print
 ) -> MultiSeedResult:
-    from dglrec import experiment
+    """Fit ``seeds`` one after another as a batch (:mod:`dglrec.batch`) under one parent run."""
+    from dglrec import batch
 
-    with tracking.MlflowRun(
-        cfg.tracking.experiment or cfg.data.name,
-        run_name=cfg.tracking.run_name or f"{cfg.model_name}-seeds{len(seeds)}",
-    ) as parent:
-        result = MultiSeedResult(parent.run_id)
-        params = cfg.flat()
-        params["seed"] = ",".join(map(str, seeds))
-        parent.log_params(params)
-        parent.set_tags(
-            {
-                "kind": "multi_seed",
-                "model": cfg.model_name,
-                "dataset": cfg.data.name,
-                "seeds": ",".join(map(str, seeds)),
-                "selected_by": f"eval_{cfg.eval.select_metric}",
-                "git_commit": tracking.git_commit(),
-            }
-        )
-        parent.log_text(cfg.to_toml(), "recipe.toml")
-        parent_tags: dict[str, str] = {}
-        for number, seed in enumerate(seeds, start=1):
-            child = copy.deepcopy(cfg)
-            child.seed = seed
-            child.tracking.run_name = f"{cfg.model_name}-s{seed}"
-            log(f"seed {seed} ({number}/{len(seeds)})")
-            try:
-                run_id, fitted = experiment.fit(child, log=log, parent_run_id=parent.run_id)
-            except KeyboardInterrupt:
-                raise
-            except Exception as exc:  # noqa: BLE001 (one failed seed must not stop the others)
-                result.failed[seed] = f"{type(exc).__name__}: {exc}"
-                log(f"seed {seed} failed: {result.failed[seed]}")
-                continue
-            result.runs[seed] = run_id
-            result.metrics[seed] = {
-                **{f"test_{k}": v for k, v in fitted.test.items()},
-                **{f"best_eval_{k}": v for k, v in fitted.best_eval.items()},
-            }
-            if "protocol" not in parent_tags:  # the same for every seed but the seed itself
-                parent_tags["protocol"] = tracking.get_run(run_id)[2]["protocol"]
-                parent.set_tags({"protocol": parent_tags["protocol"]})
-        result.summary = summarize(result.metrics)
-        parent.log_metrics(result.summary)
-        if result.failed:
-            parent.set_tags({"failed_seeds": ",".join(map(str, result.failed))})
-        return result
+    seeds_batch = batch.create(cfg, "multi_seed", seeds)
+    out = batch.run_local(seeds_batch, 1, log)
+    seed_of = {i: seed for i, seed in enumerate(seeds)}
+    result = MultiSeedResult(seeds_batch.parent_run_id)
+    result.runs = {seed_of[i]: run_id for i, run_id in sorted(out["runs"].items())}
+    result.metrics = dict(out.get("per_seed", {}))
+    result.failed = {seed_of[i]: out["errors"].get(i, "did not finish") for i in out["failed"]}
+    result.summary = out.get("summary", summarize({}))
+    return result
