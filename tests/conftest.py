@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -172,3 +179,45 @@ def write_tiny_hetrec(
 @pytest.fixture(scope="session")
 def tiny_hetrec(tmp_path_factory) -> Path:
     return write_tiny_hetrec(tmp_path_factory.mktemp("raw") / "tiny-hetrec")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 180) -> None:
+    """Until ``url`` answers 200; fails early if ``process`` (the server) exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited with {process.returncode} before answering")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    raise AssertionError(f"{url} did not answer within {timeout:.0f}s")
+
+
+@contextlib.contextmanager
+def tracking_server(root: Path):
+    """``dglrec server`` on 127.0.0.1 (SQLite backend and artifacts under ``root``); its URI."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "dglrec.cli", "server", "--port", str(port)]
+        + ["--backend-store-uri", f"sqlite:///{root / 'server.db'}"]
+        + ["--artifacts-destination", str(root / "server-artifacts")],
+        cwd=root,
+        start_new_session=True,  # its workers stop with it
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/health", server)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)

@@ -224,35 +224,11 @@ def test_several_processes_share_the_sqlite_default_store(isolated):
 
 
 def test_concurrent_writers_through_a_tracking_server(isolated, monkeypatch):
-    from tests.test_ui import free_port, wait_for_http
+    from tests.conftest import tracking_server
 
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dglrec.cli",
-            "server",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{isolated / 'server.db'}",
-            "--artifacts-destination",
-            str(isolated / "server-artifacts"),
-        ],
-        cwd=isolated,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/health", server)
-        uri = f"http://127.0.0.1:{port}"
+    with tracking_server(isolated) as uri:
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
         run_ids = _concurrent_writers(isolated, env, steps=20)  # one HTTP call per step
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         _assert_complete(run_ids, steps=20)
         assert any((isolated / "server-artifacts").rglob("note.txt"))  # stored by the server
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)

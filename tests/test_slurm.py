@@ -8,7 +8,6 @@ skip only where the cluster cannot start here (not root, no apt).
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from dglrec import batch as batches
 from dglrec import slurm, tracking
 from dglrec.cli import main
 from dglrec.config import ClusterConfig, load_recipe
-from tests.test_ui import free_port, wait_for_http
+from tests.conftest import tracking_server
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "local_slurm.sh"
@@ -100,32 +99,16 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def tracking_server(tmp_path_factory):
-    """``dglrec server`` on 127.0.0.1 with a SQLite backend; yields its URI."""
-    root = tmp_path_factory.mktemp("server")
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "dglrec.cli", "server", "--port", str(port)]
-        + ["--backend-store-uri", f"sqlite:///{root / 'server.db'}"]
-        + ["--artifacts-destination", str(root / "artifacts")],
-        cwd=root,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/health", server)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+def server_uri(tmp_path_factory):
+    with tracking_server(tmp_path_factory.mktemp("server")) as uri:
+        yield uri
 
 
 @pytest.fixture
-def on_cluster(cluster, tracking_server, isolated, monkeypatch):
+def on_cluster(cluster, server_uri, isolated, monkeypatch):
     """Jobs see this cluster and log to the tracking server."""
     monkeypatch.setenv("SLURM_CONF", str(cluster))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server_uri)
 
 
 def _wait_for_jobs(job_ids: list[str], timeout: float = 900) -> None:

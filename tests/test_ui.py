@@ -6,11 +6,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -19,6 +16,7 @@ from click.testing import CliRunner
 from dglrec import tracking
 from dglrec.cli import main
 from dglrec.server import server_command, ui_command
+from tests.conftest import free_port, wait_for_http
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -34,26 +32,6 @@ CHROMIUM_FLAGS = (
     "--disable-quic",
     "--window-size=1600,1100",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode} before answering")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    raise AssertionError(f"{url} did not answer within {timeout:.0f}s")
 
 
 def test_ui_command_uses_the_project_store(isolated, monkeypatch):
