@@ -502,7 +502,8 @@ def ui(host, port) -> None:
 @main.command()
 @click.option(
     "--backend-store-uri",
-    help="Database of runs, e.g. postgresql://user:pw@db/mlflow [default: ./mlruns/mlflow.db].",
+    help="Database of runs, e.g. postgresql+psycopg2://user:pw@db/mlflow "
+    "[default: ./mlruns/mlflow.db].",
 )
 @click.option(
     "--artifacts-destination",

@@ -8,7 +8,7 @@ shows exactly the runs ``dglrec fit`` logged:
   127.0.0.1. When ``$MLFLOW_TRACKING_URI`` already is a server (http...), there is
   nothing to start: its address is printed.
 * ``dglrec server``: a team tracking server. The backend store is a database
-  (PostgreSQL in production, e.g. ``postgresql://user:pw@db/mlflow``; SQLite for
+  (PostgreSQL in production, e.g. ``postgresql+psycopg2://user:pw@db/mlflow``; SQLite for
   one machine), artifacts are proxied by the server (``--artifacts-destination``,
   a directory or an object store), so jobs need only ``MLFLOW_TRACKING_URI``.
 """
