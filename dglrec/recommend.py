@@ -66,24 +66,29 @@ class Recommendation:
         return asdict(self)
 
 
-def artist_names(dataset_meta: dict, extra: str | Path | None = None) -> tuple[dict, str | None]:
-    """``{artist id (str): name}`` from the first ``artists.dat`` found, and its path."""
-    candidates = []
-    if extra:
-        candidates.append(Path(extra))
-    raw = Path(dataset_meta.get("raw_dir", "."))
-    candidates += [raw / "artists.dat", raw.parent / HETREC / "artists.dat"]
-    if os.environ.get("DGLREC_RAW_DIR"):
-        candidates.append(Path(os.environ["DGLREC_RAW_DIR"]) / HETREC / "artists.dat")
-    from data_prep.sources import data_home
+def artist_names(dataset_meta: dict, given: str | Path | None = None) -> tuple[dict, str | None]:
+    """``{artist id (str): name}`` and the ``artists.dat`` it came from (None: not found).
 
-    candidates.append(data_home() / "raw" / HETREC / "artists.dat")
+    ``given`` is used alone. Otherwise the file is looked for beside the raw data and,
+    for Last.FM-KG (whose artist ids are HetRec's), in HetRec's raw directory.
+    """
+    if given:
+        candidates = [Path(given)]
+        if not candidates[0].is_file():
+            raise DataFormatError(f"{given}: no such file")
+    else:
+        raw = Path(dataset_meta.get("raw_dir", "."))
+        candidates = [raw / "artists.dat", raw.parent / HETREC / "artists.dat"]
+        if dataset_meta.get("dataset") == "lastfm-kg":
+            from data_prep.sources import data_home
+
+            if os.environ.get("DGLREC_RAW_DIR"):
+                candidates.append(Path(os.environ["DGLREC_RAW_DIR"]) / HETREC / "artists.dat")
+            candidates.append(data_home() / "raw" / HETREC / "artists.dat")
     for path in candidates:
         if path.is_file():
             ids, names, _, _ = read_columns(path, (str, str, str, str), header=True)
             return dict(zip(ids, names, strict=True)), str(path)
-    if extra:
-        raise DataFormatError(f"{extra}: no such file")
     return {}, None
 
 

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -107,20 +108,32 @@ def test_compare_view_shows_both_runs_and_their_test_auc(tiny_recipe, isolated, 
             return driver.find_element("tag name", "body").text
 
         WebDriverWait(driver, 120).until(lambda _: all(n in body() for n, _ in runs.values()))
-        # The metrics table renders only the rows in view: scroll until test_auc is one.
-        row = []
-        for offset in range(0, 40_000, 150):
-            driver.execute_script(
-                "document.querySelectorAll('*').forEach(e => {"
-                f" if (e.scrollHeight > e.clientHeight + 50) e.scrollTop = {offset}; }});"
-            )
-            row = driver.find_elements("xpath", "//*[normalize-space(text())='test_auc']")
-            if row:
+
+        # The metrics table renders only the rows in view (names and values in separate
+        # virtualised lists): scroll every scrollable element step by step until the
+        # test_auc row and both runs' values are rendered together.
+        def shown(auc: float) -> set[str]:  # the UI rounds to 3 decimals
+            return {f"{round(auc, 3):g}", f"{auc:.3f}".rstrip("0").rstrip(".")}
+
+        def auc_row_visible() -> bool:
+            text = body()
+            named = driver.find_elements("xpath", "//*[normalize-space(text())='test_auc']")
+            return bool(named) and all(shown(auc) & set(text.split()) for _, auc in runs.values())
+
+        visible = False
+        for _ in range(3):  # rendering may lag behind scrolling on a loaded machine
+            for offset in range(0, 40_000, 100):
+                driver.execute_script(
+                    "document.querySelectorAll('*').forEach(e => {"
+                    f" if (e.scrollHeight > e.clientHeight + 50) e.scrollTop = {offset}; }});"
+                )
+                if auc_row_visible():
+                    visible = True
+                    break
+            if visible:
                 break
-        assert row, "the compare view has no test_auc row"
-        driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", row[0])
-        for _, auc in runs.values():  # the UI shows 3 decimals
-            WebDriverWait(driver, 30).until(lambda _, auc=auc: f"{round(auc, 3):g}" in body())
+            time.sleep(2)
+        assert visible, "the compare view never showed test_auc with both runs' values"
         shots = Path(os.environ.get("DGLREC_SCREENSHOT_DIR") or tmp_path)
         shots.mkdir(parents=True, exist_ok=True)
         screenshot = shots / "mlflow_compare_view.png"
