@@ -41,6 +41,9 @@ def main() -> None:
       dglrec compare --baseline bprmf            # models x metrics, paired tests, plots
       dglrec recommend RUN_ID --user 2 --k 10    # top-10 artists for HetRec user 2
       dglrec ui                                  # the MLflow UI on ./mlruns
+      dglrec sweep recipes/kaisg_sweep.toml --workers 2        # trials, 2 at a time
+      dglrec submit recipes/kaisg.toml --seeds 5 --time 02:00:00   # Slurm job array
+      dglrec jobs                                # state of submitted jobs
     """
 
 
