@@ -325,13 +325,16 @@ def plot_learning_curves(comparison: Comparison, path: Path) -> Path:
         if not epochs:
             continue
         values = np.array([[c.get(e, np.nan) for e in epochs] for c in curves])
-        mean = np.nanmean(values, 0)
+        # Runs stop at different epochs (early stopping): each epoch over the runs that reached it.
+        counts = np.isfinite(values).sum(0)
+        mean = np.nansum(values, 0) / counts
+        spread = np.nansum((values - mean) ** 2, 0) / np.maximum(counts - 1, 1)
+        std = np.sqrt(np.where(counts > 1, spread, 0.0))
         if len(epochs) == 1:  # evaluated only (Pop, means): a level, not a curve
             ax.axhline(mean[0], linestyle="--", linewidth=1, label=f"{group} (not trained)")
             continue
         (line,) = ax.plot(epochs, mean, marker="." if len(epochs) < 30 else None, label=group)
         if len(runs) > 1:
-            std = np.nanstd(values, 0, ddof=1) if values.shape[0] > 1 else 0 * mean
             ax.fill_between(epochs, mean - std, mean + std, alpha=0.2, color=line.get_color())
     ax.set_xlabel("epoch")
     ax.xaxis.get_major_locator().set_params(integer=True)
