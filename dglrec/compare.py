@@ -317,7 +317,7 @@ def plot_learning_curves(comparison: Comparison, path: Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     keys = set()
-    for group, runs in comparison.groups.items():
+    for number, (group, runs) in enumerate(comparison.groups.items()):
         key = runs[0].selection_key
         keys.add(key)
         curves = [dict(tracking.metric_history(r.run_id, key)) for r in runs]
@@ -325,17 +325,21 @@ def plot_learning_curves(comparison: Comparison, path: Path) -> Path:
         if not epochs:
             continue
         values = np.array([[c.get(e, np.nan) for e in epochs] for c in curves])
+        color = f"C{number % 10}"  # the same colour per group, curve or level
         # Runs stop at different epochs (early stopping): each epoch over the runs that reached it.
         counts = np.isfinite(values).sum(0)
         mean = np.nansum(values, 0) / counts
         spread = np.nansum((values - mean) ** 2, 0) / np.maximum(counts - 1, 1)
         std = np.sqrt(np.where(counts > 1, spread, 0.0))
         if len(epochs) == 1:  # evaluated only (Pop, means): a level, not a curve
-            ax.axhline(mean[0], linestyle="--", linewidth=1, label=f"{group} (not trained)")
+            ax.axhline(
+                mean[0], linestyle="--", linewidth=1, color=color, label=f"{group} (not trained)"
+            )
             continue
-        (line,) = ax.plot(epochs, mean, marker="." if len(epochs) < 30 else None, label=group)
+        marker = "." if len(epochs) < 30 else None
+        ax.plot(epochs, mean, marker=marker, color=color, label=group)
         if len(runs) > 1:
-            ax.fill_between(epochs, mean - std, mean + std, alpha=0.2, color=line.get_color())
+            ax.fill_between(epochs, mean - std, mean + std, alpha=0.2, color=color)
     ax.set_xlabel("epoch")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel(" / ".join(sorted(keys)).replace("_", " "))
