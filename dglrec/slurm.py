@@ -184,6 +184,15 @@ def batches(jobs_dir: str | Path) -> list[Batch]:
     return found
 
 
+def gone_state(run_status: str | None) -> str:
+    """A job Slurm no longer lists, by its run: COMPLETED, KILLED, FAILED, or unknown."""
+    if run_status is None:
+        return "ENDED (no run)"  # cancelled before it started, or failed before MLflow
+    if run_status == "RUNNING":
+        return "ENDED (run open)"  # killed without a signal it could act on
+    return "COMPLETED" if run_status == "FINISHED" else run_status
+
+
 def job_table(jobs_dir: str | Path, only: str | None = None) -> list[TaskState]:
     """One row per task of every submitted batch under ``jobs_dir`` (or batch ``only``)."""
     rows = []
@@ -200,9 +209,7 @@ def job_table(jobs_dir: str | Path, only: str | None = None) -> list[TaskState]:
             run = runs.get(index)
             state = live.get(job) or live.get(array)
             if state is None:  # gone from the queue: its run tells how it ended
-                state = {"FINISHED": "COMPLETED", "RUNNING": "ENDED?"}.get(
-                    run.info.status if run else "", "ENDED" if run is None else run.info.status
-                )
+                state = gone_state(run.info.status if run else None)
             metric = ""
             if run is not None:
                 key = f"best_eval_{batch.select_metric}"

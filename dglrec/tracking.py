@@ -246,12 +246,14 @@ def load_model(run_id: str):
         raise RunError(f"run {run_id!r} has no logged model") from None
 
 
+@retry_locked
 def search_runs(
     experiments: list[str] | None = None,
     filter_string: str = "",
     run_ids: list[str] | None = None,
+    newest_first: bool = False,
 ) -> list:
-    """Finished or failed runs (``mlflow.entities.Run``) of the named experiments (default: all).
+    """Runs (``mlflow.entities.Run``) of the named experiments (default: all) matching the filter.
 
     With ``run_ids`` only those runs are returned, each checked to exist.
     """
@@ -277,7 +279,8 @@ def search_runs(
         ids = [e.experiment_id for e in client.search_experiments()]
     if not ids:
         return []
-    return client.search_runs(ids, filter_string=filter_string, max_results=50_000)
+    order = ["attributes.start_time DESC"] if newest_first else None
+    return client.search_runs(ids, filter_string=filter_string, order_by=order, max_results=50_000)
 
 
 def children_of(run) -> list:
@@ -325,20 +328,9 @@ def update_run(
         client.set_terminated(run_id, status)
 
 
-@retry_locked
 def find_runs(filter_string: str) -> list:
     """Runs of every experiment matching ``filter_string``, newest first."""
-    configure()
-    client = MlflowClient()
-    ids = [e.experiment_id for e in client.search_experiments()]
-    if not ids:
-        return []
-    return client.search_runs(
-        ids,
-        filter_string=filter_string,
-        order_by=["attributes.start_time DESC"],
-        max_results=50_000,
-    )
+    return search_runs(filter_string=filter_string, newest_first=True)
 
 
 def list_artifacts(run_id: str, path: str | None = None) -> list[str]:
