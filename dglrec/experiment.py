@@ -207,6 +207,10 @@ def log_test_predictions(trainer: Trainer, run: tracking.MlflowRun) -> None:
     if trainer.cfg.task.kind != "ctr":  # edge regression: no labelled pairs to plot
         return
     pairs = trainer.dataset.splits["test"]
+    # final_test has scored the best model on test already (same sampling seed, same scores).
+    scores = trainer.last_predictions.get("test")
+    if scores is None:
+        scores = trainer.predict(pairs)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(PREDICTIONS_ARTIFACT).name
         np.savez_compressed(
@@ -214,7 +218,7 @@ def log_test_predictions(trainer: Trainer, run: tracking.MlflowRun) -> None:
             user=pairs[:, 0].numpy(),
             item=pairs[:, 1].numpy(),
             label=pairs[:, 2].numpy(),
-            score=trainer.predict(pairs),
+            score=scores,
         )
         run.log_artifact(path, str(Path(PREDICTIONS_ARTIFACT).parent))
 

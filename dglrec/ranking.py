@@ -37,6 +37,18 @@ def positives_by_user(pairs: torch.Tensor, n_users: int, n_items: int) -> torch.
     return mask
 
 
+def top_items(scores: torch.Tensor, exclude: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` best items per row (``[..., n_items]``), ``exclude`` left out.
+
+    Ties go to the smaller item id (a tiny id-proportional amount is subtracted in
+    float64). Never more than the items left per row where every row leaves as many.
+    """
+    n_items = scores.shape[-1]
+    keyed = scores.double() - torch.arange(n_items, dtype=torch.float64) * 1e-12
+    keyed = keyed.masked_fill(exclude, -math.inf)
+    return torch.topk(keyed, min(k, n_items), dim=-1).indices
+
+
 def rank_metrics(
     scores: torch.Tensor, exclude: torch.Tensor, relevant: torch.Tensor, ks: list[int]
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -47,12 +59,7 @@ def rank_metrics(
         exclude: ``[B, n_items]`` items removed from the ranking (training positives).
         relevant: ``[B, n_items]`` the held-out positives.
     """
-    k_max = max(ks)
-    n_items = scores.shape[1]
-    # Ties towards the smaller item id: subtract a tiny id-proportional amount in float64.
-    keyed = scores.double() - torch.arange(n_items, dtype=torch.float64) * 1e-12
-    keyed = keyed.masked_fill(exclude, -math.inf)
-    top = torch.topk(keyed, min(k_max, n_items), dim=1).indices  # [B, k_max]
+    top = top_items(scores, exclude, max(ks))  # [B, k_max]
     hits = relevant.gather(1, top).double()
     n_relevant = relevant.sum(1).double()
     discount = 1 / torch.log2(torch.arange(2, top.shape[1] + 2, dtype=torch.float64))

@@ -26,6 +26,7 @@ import torch
 
 from data_prep.parsing import read_columns
 from dglrec.errors import DataFormatError, RunError
+from dglrec.ranking import top_items
 
 HETREC = "hetrec2011-lastfm-2k"
 
@@ -168,9 +169,7 @@ def recommend(
     for split in dataset.splits.values():
         mine = split[(split[:, 0] == user) & (split[:, 2] == 1)]
         listened[mine[:, 1]] = True
-    # Ties towards the smaller item id, as in the ranking metrics.
-    keyed = (scores - items.double() * 1e-12).masked_fill(listened, -np.inf)
-    top = torch.topk(keyed, min(k, int((~listened).sum()))).indices
+    top = top_items(scores, listened, min(k, int((~listened).sum())))  # as the ranking metrics
 
     names, names_from = artist_names(dataset.meta, names_file)
     item_raw = dataset.meta["item_raw_ids"]

@@ -241,6 +241,7 @@ class Trainer:
         self._unseen: UnseenItemSampler | None = None
         self.rs_steps = 0  # recommendation steps over the whole run (the KGE schedule's clock)
         self.kge_steps = 0
+        self.last_predictions: dict[str, np.ndarray] = {}  # split -> probabilities
 
     def _init_optimizers(self, kge: bool) -> None:
         """Adam for the main objective (none if nothing trains), one for KGE steps, the LR decay."""
@@ -315,6 +316,8 @@ class Trainer:
     def evaluate(self, split: str) -> dict:
         pairs = self.dataset.splits[split]
         probabilities = self.predict(pairs)
+        # Kept for what is logged beside the metrics (the test predictions, for ROC curves).
+        self.last_predictions[split] = probabilities
         return ctr_metrics(pairs[:, 2].numpy(), probabilities, self.cfg.eval.threshold)
 
     # ------------------------------------------------------------------ training

@@ -197,3 +197,10 @@ def test_compare_real_fits_on_the_tiny_kg(tiny_recipe, isolated):
     assert rows["tiny"]["seeds"] == "1 2" and int(rows["tiny"]["test_auc_n"]) == 2
     assert (isolated / "r" / "roc_curves.png").stat().st_size > 0  # from logged predictions
     assert (isolated / "r" / "recall_at_k.png").stat().st_size > 0
+    # The logged predictions are the best model's: they give back the logged test AUC.
+    from sklearn.metrics import roc_auc_score
+
+    for record in cmp.select_runs(recipes=["tiny"]):
+        predictions = cmp.test_predictions(record.run_id)
+        auc = roc_auc_score(predictions["label"], predictions["score"])
+        assert auc == pytest.approx(record.metrics["test_auc"], abs=1e-9)
