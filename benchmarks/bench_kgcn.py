@@ -2,7 +2,7 @@
 
 For each sampler kind ("uniform": KGCN's fixed-size sample of K neighbours per
 node; "full": all neighbours, ``dgl.dataloading.MultiLayerFullNeighborSampler``)
-and each seed, the recipe is trained with :class:`dglrec.training.Trainer` (no
+and each seed, the recipe is trained with :class:`dglrec.training.ctr.CTRTrainer` (no
 MLflow) in a fresh subprocess, so that peak RSS belongs to that configuration
 alone. Measured:
 
@@ -78,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def recipe(args: argparse.Namespace, kind: str | None = None, seed: int | None = None):
-    from dglrec.config import load_recipe
+    from dglrec.runs.recipes import load_recipe
 
     overrides = [*args.set, f"train.epochs={args.epochs}"]
     if kind is not None:
@@ -92,12 +92,12 @@ def run_worker(args: argparse.Namespace) -> dict:
     import dgl
     import torch
 
-    from dglrec.experiment import build
-    from dglrec.training import Trainer
+    from dglrec.runs.pipeline import build
+    from dglrec.training.ctr import CTRTrainer
 
     cfg = recipe(args, args.worker, args.seed)
     experiment = build(cfg, log=log)
-    trainer = Trainer(experiment.model, experiment.dataset, experiment.sampler, cfg, log=log)
+    trainer = CTRTrainer(experiment.model, experiment.dataset, experiment.sampler, cfg, log=log)
 
     epoch_seconds: list[float] = []
     eval_seconds: list[float] = []
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     from dglrec.errors import ConfigError
-    from dglrec.experiment import load_dataset
+    from dglrec.runs.pipeline import load_dataset
 
     began = time.perf_counter()
     kinds = [k.strip() for k in args.samplers.split(",") if k.strip()]

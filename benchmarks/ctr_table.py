@@ -23,8 +23,8 @@ from pathlib import Path
 
 from scipy import stats
 
-from dglrec import experiment
-from dglrec.config import load_recipe
+from dglrec.runs import pipeline
+from dglrec.runs.recipes import load_recipe
 
 
 def mean_std(values: list[float]) -> str:
@@ -50,7 +50,7 @@ def main() -> None:
         for seed in args.seeds:
             cfg = load_recipe(recipe, args.overrides + ["tracking.log_model=false"], seed=seed)
             began = time.perf_counter()
-            run_id, result = experiment.fit(cfg, log=lambda m: print(m, file=sys.stderr))
+            run_id, result = pipeline.fit(cfg, log=lambda m: print(m, file=sys.stderr))
             results.setdefault(recipe.stem, {})[seed] = {
                 "run_id": run_id,
                 "best_epoch": result.best_epoch,

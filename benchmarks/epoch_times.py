@@ -23,13 +23,13 @@ from pathlib import Path
 
 
 def measure(recipe: str, epochs: int, seed: int) -> dict:
-    from dglrec import experiment
-    from dglrec.config import load_recipe
+    from dglrec.runs import pipeline
+    from dglrec.runs.recipes import load_recipe
 
     cfg = load_recipe(recipe, seed=seed)
     cfg.sweep = {}
-    built = experiment.build(cfg, log=lambda _: None)
-    trainer = experiment.trainer_for(built, log=lambda _: None)  # CTR or edge regression
+    built = pipeline.build(cfg, log=lambda _: None)
+    trainer = pipeline.trainer_for(built, log=lambda _: None)  # CTR or edge regression
     if trainer.optimizer is None:  # nothing to train (Pop)
         seconds = []
     else:

@@ -17,9 +17,9 @@ import statistics
 
 import torch
 
-from dglrec.config import load_recipe
-from dglrec.experiment import load_dataset
-from dglrec.metrics import roc_auc
+from dglrec.evaluation.metrics import roc_auc
+from dglrec.runs.pipeline import load_dataset
+from dglrec.runs.recipes import load_recipe
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ Graph: one homogeneous undirected graph, users ``0..U-1`` then artists
 ``U..U+A-1`` (raw ids in ascending order), one edge per listened pair stored in
 both directions (edge ``i`` and its reverse ``i + n_pairs``).
 
-Liking score (seed 001, MODELS.md): ``w_ua = log(count_ua) / max_a' log(count_ua')``,
+Liking score (the GCN paper, Ou, NUS; MODELS.md): ``w_ua = log(count_ua) / max_a' log(count_ua')``,
 the maximum over *all* of the user's edges (the paper's definition, kept so that
 numbers stay comparable; it uses every split's counts for the scale only, never a
 held-out edge's score). A user whose maximum count is 1 has ``0 / 0``: every one
@@ -19,7 +19,7 @@ Splits (``split``, default 8:1:1, ``seed``):
 
 * clean protocol: the *undirected* pairs are split, so an edge and its reverse
   are always in the same split; training message passing sees training edges
-  only (:mod:`dglrec.edge_training`);
+  only (:mod:`dglrec.training.edge`);
 * ``paper_protocol`` (leaky, only to measure the leak): each *directed* edge is
   assigned on its own, as the paper's public code does, so a held-out edge's
   reverse may be a training edge, and held-out edges stay in the message graph.
@@ -27,19 +27,18 @@ Splits (``split``, default 8:1:1, ``seed``):
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from data_prep import protocol as shared
 from data_prep.cache import load_or_build
+from data_prep.edge_dataset import EdgeRegressionDataset
+from data_prep.errors import DataFormatError
 from data_prep.parsing import read_columns
-from data_prep.sources import PUBLIC_DATASETS, data_home, resolve_raw_dir, sha256_of, verify
-from dglrec.edge_data import EdgeRegressionDataset
-from dglrec.errors import ConfigError, DataFormatError
+from data_prep.sources import data_home, resolve_raw_dir
 
 BUILDER_VERSION = 1
 DATASET = "hetrec2011-lastfm-2k"
@@ -89,8 +88,7 @@ def liking_scores(users: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 def split_codes(n_pairs: int, protocol: EdgeProtocol) -> np.ndarray:
     """Split code (0 train, 1 eval, 2 test) of each of the ``2 n_pairs`` directed edges."""
-    if len(protocol.split) != 3 or abs(sum(protocol.split) - 1) > 1e-6:
-        raise ConfigError(f"data.split must be three fractions summing to 1, got {protocol.split}")
+    shared.validate_split(protocol.split)
     rng = np.random.default_rng(protocol.seed)
     n_units = 2 * n_pairs if protocol.paper_protocol else n_pairs
     order = rng.permutation(n_units)
@@ -199,15 +197,6 @@ def build(
     )
 
 
-def input_checksums(raw_dir: Path, dataset: str) -> dict[str, str]:
-    if dataset in PUBLIC_DATASETS:
-        return verify(dataset, raw_dir)
-    path = raw_dir / "user_artists.dat"
-    if not path.is_file():
-        raise DataFormatError(f"{path}: no such file (edge regression needs user_artists.dat)")
-    return {name: sha256_of(raw_dir / name) for name in FILES if (raw_dir / name).is_file()}
-
-
 def prepare(
     protocol: EdgeProtocol,
     raw_dir: str | Path | None = None,
@@ -217,9 +206,8 @@ def prepare(
 ) -> tuple[EdgeRegressionDataset, Path]:
     """Build the dataset, or load it from the cache when inputs and protocol match."""
     raw = resolve_raw_dir(protocol.dataset, raw_dir, mirror=mirror)
-    checksums = input_checksums(raw, protocol.dataset)
-    payload = {"builder": BUILDER_VERSION, "protocol": asdict(protocol), "checksums": checksums}
-    key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    checksums = shared.input_checksums(protocol.dataset, raw, ["user_artists.dat"], FILES[1:])
+    key = shared.cache_key(BUILDER_VERSION, asdict(protocol), checksums)
     root = Path(out_root) if out_root else data_home() / "processed"
     directory = root / protocol.dataset / key
     return load_or_build(

@@ -20,8 +20,6 @@ order of first appearance. A seed fixes negatives and split.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +28,12 @@ import dgl
 import numpy as np
 import torch
 
+from data_prep import protocol as shared
 from data_prep.cache import load_or_build
+from data_prep.errors import DataFormatError, ProtocolError
+from data_prep.kg_dataset import KGRecDataset
 from data_prep.parsing import read_columns
-from data_prep.sources import PUBLIC_DATASETS, resolve_raw_dir, sha256_of, verify
-from dglrec.data import KGRecDataset
-from dglrec.errors import ConfigError, DataFormatError
+from data_prep.sources import data_home, resolve_raw_dir
 
 # Bump when the processed output changes for the same inputs, to invalidate caches.
 BUILDER_VERSION = 1
@@ -67,35 +66,23 @@ class CTRProtocol:
 
 
 def _validate(protocol: CTRProtocol) -> None:
-    if len(protocol.split) != 3 or any(f < 0 for f in protocol.split):
-        raise ConfigError(f"data.split must be three non-negative fractions, got {protocol.split}")
-    if abs(sum(protocol.split) - 1.0) > 1e-6:
-        raise ConfigError(f"data.split must sum to 1, got {list(protocol.split)}")
+    shared.validate_split(protocol.split)
     if protocol.negatives_per_positive < 1:
-        raise ConfigError("data.negatives_per_positive must be >= 1")
+        raise ProtocolError("data.negatives_per_positive must be >= 1")
+
+
+def _protocol_fields(protocol: CTRProtocol) -> dict:
+    return {k: v for k, v in protocol.__dict__.items() if k != "extra"}
 
 
 def cache_key(protocol: CTRProtocol, checksums: dict[str, str]) -> str:
-    payload = {
-        "builder": BUILDER_VERSION,
-        "protocol": {k: v for k, v in protocol.__dict__.items() if k != "extra"},
-        "checksums": checksums,
-    }
-    blob = json.dumps(payload, sort_keys=True, default=list).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return shared.cache_key(BUILDER_VERSION, _protocol_fields(protocol), checksums)
 
 
 def input_checksums(protocol: CTRProtocol, raw_dir: Path) -> dict[str, str]:
     """SHA-256 of the three inputs; enforced against the published ones for public datasets."""
-    if protocol.dataset in PUBLIC_DATASETS:
-        return verify(protocol.dataset, raw_dir)
-    checksums = {}
-    for name in (protocol.ratings_file, ITEM_ENTITY_FILE, KG_FILE):
-        path = raw_dir / name
-        if not path.is_file():
-            raise DataFormatError(f"{path}: no such file (the three-file KG layout needs it)")
-        checksums[name] = sha256_of(path)
-    return checksums
+    required = (protocol.ratings_file, ITEM_ENTITY_FILE, KG_FILE)
+    return shared.input_checksums(protocol.dataset, raw_dir, required)
 
 
 def _index(
@@ -184,8 +171,8 @@ def build(protocol: CTRProtocol, raw_dir: Path, checksums: dict[str, str]) -> KG
     positive[rating_user[is_positive], rating_item[is_positive]] = True
     pos_users, pos_items = np.nonzero(positive)
 
-    rng_negatives = np.random.default_rng([protocol.seed, 0])
-    rng_split = np.random.default_rng([protocol.seed, 1])
+    rng_negatives = np.random.default_rng([protocol.seed, shared.NEGATIVES_STREAM])
+    rng_split = np.random.default_rng([protocol.seed, shared.SPLIT_STREAM])
     n_neg = positive.sum(1) * protocol.negatives_per_positive
     neg_users, neg_items = sample_negatives(rated, n_neg, rng_negatives)
 
@@ -238,7 +225,7 @@ def build(protocol: CTRProtocol, raw_dir: Path, checksums: dict[str, str]) -> KG
     meta = {
         "dataset": protocol.dataset,
         "protocol": protocol.describe(),
-        "protocol_params": {k: v for k, v in protocol.__dict__.items() if k != "extra"},
+        "protocol_params": _protocol_fields(protocol),
         "seed": protocol.seed,
         "checksums": checksums,
         "builder_version": BUILDER_VERSION,
@@ -262,8 +249,6 @@ def prepare(
 
     Returns the dataset and the directory it is stored in.
     """
-    from data_prep.sources import data_home
-
     raw = resolve_raw_dir(protocol.dataset, raw_dir, mirror=mirror)
     checksums = input_checksums(protocol, raw)
     root = Path(out_root) if out_root else data_home() / "processed"

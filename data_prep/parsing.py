@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from dglrec.errors import DataFormatError
+from data_prep.errors import DataFormatError
 
 LINE_END = re.compile(r"\r\n|\r|\n")
 

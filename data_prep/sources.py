@@ -25,7 +25,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from dglrec.errors import ChecksumError, DataSourceError
+from data_prep.errors import ChecksumError, DataSourceError
 
 KGCN_MUSIC = "https://raw.githubusercontent.com/hwwang55/KGCN/master/data/music"
 HETREC_ZIP = "https://files.grouplens.org/datasets/hetrec2011/hetrec2011-lastfm-2k.zip"

@@ -77,10 +77,8 @@ def prep(dataset, raw_dir, out_dir, mirror, seed, recipe) -> None:
     (from --mirror / $DGLREC_MIRROR, or the public sites) and checked by SHA-256.
     """
     from data_prep.hetrec import DATASET as HETREC
-    from data_prep.hetrec import prepare as prepare_edges
-    from data_prep.kg_ctr import prepare
-    from dglrec.config import load_recipe
-    from dglrec.experiment import edge_protocol_of, protocol_of
+    from dglrec.data import prepare_dataset
+    from dglrec.runs.recipes import load_recipe
 
     overrides = [f"data.name={json.dumps(dataset)}"]
     if recipe is None and dataset == HETREC:  # the edge-regression protocol's defaults
@@ -91,16 +89,10 @@ def prep(dataset, raw_dir, out_dir, mirror, seed, recipe) -> None:
             "model.name=gcn_edge",
         ]
     cfg = load_recipe(recipe, overrides, seed=seed)
-    edges = cfg.task.kind == "edge_regression"
-    protocol = edge_protocol_of(cfg) if edges else protocol_of(cfg)
-    data, directory = (prepare_edges if edges else prepare)(
-        protocol,
-        raw_dir=raw_dir or cfg.data.raw_dir or None,
-        out_root=out_dir,
-        mirror=mirror,
-        log=_echo,
+    data, directory = prepare_dataset(
+        cfg, log=_echo, raw_dir=raw_dir, out_root=out_dir, mirror=mirror
     )
-    click.echo(f"{protocol.dataset}: {data.meta['protocol']}")
+    click.echo(f"{data.meta['dataset']}: {data.meta['protocol']}")
     for key, value in data.meta["stats"].items():
         click.echo(f"  {key:16s} {value:>9,}")
     click.echo(f"saved to {directory}")
@@ -141,8 +133,8 @@ def fit(recipe, overrides, seed, resume_run_id, seeds) -> None:
     With --resume RUN_ID the run's own resolved recipe is used (RECIPE may be
     left out); --set train.epochs=N may extend it.
     """
-    from dglrec import experiment
-    from dglrec.config import load_recipe
+    from dglrec.runs import pipeline
+    from dglrec.runs.recipes import load_recipe
 
     if seeds is not None:
         if resume_run_id or recipe is None:
@@ -152,7 +144,7 @@ def fit(recipe, overrides, seed, resume_run_id, seeds) -> None:
     if resume_run_id:
         if seed is not None:
             raise click.UsageError("--seed cannot change the seed of a resumed run")
-        cfg, state = experiment.resume_point(resume_run_id, list(overrides))
+        cfg, state = pipeline.resume_point(resume_run_id, list(overrides))
         if recipe is not None:
             given = load_recipe(recipe, list(overrides))
             differing = sorted(k for k, v in given.flat().items() if cfg.flat().get(k) != v)
@@ -160,7 +152,7 @@ def fit(recipe, overrides, seed, resume_run_id, seeds) -> None:
                 raise click.UsageError(
                     f"{recipe} differs from run {resume_run_id}'s recipe in: {', '.join(differing)}"
                 )
-        run_id, result = experiment.fit(
+        run_id, result = pipeline.fit(
             cfg, resume_run_id=resume_run_id, resume_state=state, log=_echo
         )
     else:
@@ -168,20 +160,21 @@ def fit(recipe, overrides, seed, resume_run_id, seeds) -> None:
             raise click.UsageError("give a RECIPE, or --resume RUN_ID")
         cfg = load_recipe(recipe, list(overrides), seed=seed)
         try:
-            run_id, result = experiment.fit(cfg, log=_echo)
+            run_id, result = pipeline.fit(cfg, log=_echo)
         except KeyboardInterrupt:
             _echo(
                 "interrupted: the last finished epoch is checkpointed; "
                 "continue with `dglrec fit --resume RUN_ID`"
             )
             sys.exit(130)
-    from dglrec.training import describe
+    from dglrec.training.ctr import describe
 
     click.echo(f"run {run_id}: best epoch {result.best_epoch}, test {describe(result.test)}")
 
 
 def _fit_seeds(cfg, seeds: str) -> None:
-    from dglrec.multiseed import fit_seeds, parse_seeds
+    from dglrec.runs.groups import fit_seeds
+    from dglrec.runs.seeds import parse_seeds
 
     result = fit_seeds(cfg, parse_seeds(seeds, cfg.seed), log=_echo)
     for seed, run_id in result.runs.items():
@@ -246,8 +239,9 @@ def sweep(recipe, overrides, seed, workers, cluster, **resources) -> None:
     The best trial is chosen by its eval metric ([eval] select_metric), never by test.
     Locally with --workers N processes, or on Slurm with --cluster slurm.
     """
-    from dglrec.config import load_recipe
-    from dglrec.sweep import format_table, run_sweep
+    from dglrec.runs.groups import run_sweep
+    from dglrec.runs.recipes import load_recipe
+    from dglrec.runs.sweep import format_table
 
     extra = _cluster_overrides(**resources)
     cfg = load_recipe(recipe, list(overrides) + extra, seed=seed)
@@ -260,7 +254,8 @@ def sweep(recipe, overrides, seed, workers, cluster, **resources) -> None:
 
 
 def _submit(cfg, kind: str, seeds: list[int] | None = None) -> None:
-    from dglrec import batch, slurm
+    from dglrec.runs import groups as batch
+    from dglrec.runs import slurm
 
     submission = batch.create(cfg, kind, seeds, extra_tags={"cluster": "slurm"})
     jobs = slurm.submit(submission, cfg.cluster)
@@ -293,8 +288,8 @@ def submit(recipe, overrides, seed, cluster, seeds, **resources) -> None:
     A job stopped by its time limit or preempted is requeued and resumes its run
     from the last checkpoint.
     """
-    from dglrec.config import load_recipe
-    from dglrec.multiseed import parse_seeds
+    from dglrec.runs.recipes import load_recipe
+    from dglrec.runs.seeds import parse_seeds
 
     cfg = load_recipe(recipe, list(overrides) + _cluster_overrides(**resources), seed=seed)
     if seeds:
@@ -309,7 +304,7 @@ def submit(recipe, overrides, seed, cluster, seeds, **resources) -> None:
 @click.option("--cancel", metavar="BATCH|JOB_ID", help="Cancel a submission or one job.")
 def jobs(jobs_dir, only, cancel) -> None:
     """List submitted jobs: Slurm state, MLflow run and its eval metric; or cancel them."""
-    from dglrec import slurm
+    from dglrec.runs import slurm
 
     if cancel:
         click.echo(f"cancelled {' '.join(slurm.cancel(jobs_dir, cancel))}")
@@ -337,8 +332,8 @@ def task(batch_dir, index, finalize) -> None:
     import signal
     import subprocess
 
-    from dglrec.batch import Batch, run_task
-    from dglrec.batch import finalize as close
+    from dglrec.runs.groups import Batch, run_task
+    from dglrec.runs.groups import finalize as close
 
     batch = Batch.load(batch_dir)
     if finalize:
@@ -376,9 +371,9 @@ def evaluate(run_id) -> None:
 
     The numbers must match the run's logged test metrics; exit code 1 if not.
     """
-    from dglrec import experiment
+    from dglrec.runs import pipeline
 
-    out = experiment.evaluate(run_id, log=_echo)
+    out = pipeline.evaluate(run_id, log=_echo)
     mismatch = False
     for key, value in out["test"].items():
         logged = out["logged"].get(key)
@@ -433,7 +428,7 @@ def compare(
     """
     from pathlib import Path
 
-    from dglrec import compare as cmp
+    from dglrec.analysis import compare as cmp
 
     records = cmp.select_runs(
         list(run_ids), list(experiments), list(models), list(recipes), cmp.parse_tags(list(tags))
@@ -466,8 +461,8 @@ def compare(
 )
 def recommend(run_id, user, k, reasons, names_file, output) -> None:
     """Top-K artists of RUN_ID's model for one user, with names and KG reasons."""
-    from dglrec.recommend import format_text
-    from dglrec.recommend import recommend as top_k
+    from dglrec.analysis.recommend import format_text
+    from dglrec.analysis.recommend import recommend as top_k
 
     rec = top_k(run_id, user, k, reasons, names_file, log=lambda _: None)
     if output == "json":
@@ -493,7 +488,7 @@ def ui(host, port) -> None:
 
     Compare runs side by side: tick them in the runs table, then "Compare".
     """
-    from dglrec.server import ui_command
+    from dglrec.runs.server import ui_command
 
     command = ui_command(host, port)
     if isinstance(command, str):
@@ -523,7 +518,7 @@ def ui(host, port) -> None:
 @click.option("--workers", type=int, help="Server worker processes.")
 def server(backend_store_uri, artifacts_destination, host, port, workers) -> None:
     """A shared MLflow tracking server; jobs log to it with MLFLOW_TRACKING_URI=http://HOST:PORT."""
-    from dglrec.server import server_command
+    from dglrec.runs.server import server_command
 
     _exec(server_command(backend_store_uri, artifacts_destination, host, port, workers))
 
@@ -531,7 +526,7 @@ def server(backend_store_uri, artifacts_destination, host, port, workers) -> Non
 @main.command("models")
 def list_models() -> None:
     """List the registered models and their hyper-parameters."""
-    from dglrec.registry import model_hparams, model_names
+    from dglrec.models.registry import model_hparams, model_names
 
     for name in model_names():
         params = ", ".join(f"{k}={d!r}" for k, (_, d) in model_hparams(name).items())

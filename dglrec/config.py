@@ -6,6 +6,11 @@ section.key=value`` overrides < ``--seed``. Every section is a dataclass; the
 by ``model.name`` (the keyword arguments of its constructor). Unknown keys and
 values of the wrong type raise :class:`~dglrec.errors.ConfigError` naming the key
 and what is allowed.
+
+This module is the bottom layer: it knows no model. :func:`resolve` and
+:func:`load_recipe` take the model schema as a function (``model.name`` ->
+``{hyper-parameter: (type, default)}``); :mod:`dglrec.runs.recipes` binds it to
+the model registry, and is what the commands call.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import difflib
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -86,7 +92,7 @@ class EvalConfig:
     # The eval-split metric that selects the best epoch (never a test metric).
     # CTR: auc, acc or f1; edge regression: mse or mae.
     select_metric: Literal["auc", "acc", "f1", "mse", "mae"] = "auc"
-    # CTR models: full-ranking top-K metrics on the test split (dglrec.ranking) for
+    # CTR models: full-ranking top-K metrics on the test split (dglrec.evaluation.ranking) for
     # these K, scored in chunks of ranking_users users x all items; [] turns it off.
     ranking_ks: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
     ranking_users: int = 64
@@ -101,7 +107,7 @@ class TaskConfig:
     kind: Literal["ctr", "edge_regression"] = "ctr"
     # Edge regression only. LEAKY, for measurement only: held-out edges stay in the
     # message graph with their scores, and directed edges are split independently,
-    # as the public code of seed 001 does.
+    # as the public code of the GCN paper (Ou, NUS) does.
     paper_protocol: bool = False
 
 
@@ -174,7 +180,7 @@ class RecipeConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     # [sweep]: "section.key" = [values...] (or {min, max, log} for random search);
-    # method = "grid" | "random", n_trials = N (random). See dglrec.sweep.
+    # method = "grid" | "random", n_trials = N (random). See dglrec.runs.sweep.
     sweep: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -219,7 +225,7 @@ SECTIONS = {f.name: f for f in dataclasses.fields(RecipeConfig)}
 
 # [model] keys every model has, read by the builder rather than the model:
 # name -> the registered class; init -> where the entity/relation tables start
-# ("random": the model's own initialisation; "transe": pretrained, see dglrec.kge).
+# ("random": the model's own initialisation; "transe": pretrained, see dglrec.training.kge).
 COMMON_MODEL_KEYS: dict[str, tuple[Any, Any]] = {
     "name": (str, "kgcn"),
     "init": (Literal["random", "transe"], "random"),
@@ -333,10 +339,12 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def resolve(raw: dict[str, Any]) -> RecipeConfig:
-    """Turn a parsed recipe dict into a validated :class:`RecipeConfig`."""
-    from dglrec.registry import model_hparams
+# model.name -> {hyper-parameter: (type, default)}; raises ConfigError for an unknown name.
+ModelSchema = Callable[[Any], dict[str, tuple[Any, Any]]]
 
+
+def resolve(raw: dict[str, Any], model_hparams: ModelSchema) -> RecipeConfig:
+    """Turn a parsed recipe dict into a validated :class:`RecipeConfig`."""
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in SECTIONS:
@@ -348,8 +356,6 @@ def resolve(raw: dict[str, Any]) -> RecipeConfig:
         elif key == "model":
             continue
         elif key == "sweep":
-            from dglrec.sweep import validate_sweep
-
             kwargs["sweep"] = validate_sweep(dict(value))
         else:
             section_type = typing.get_type_hints(RecipeConfig)[key]
@@ -380,6 +386,7 @@ def resolve(raw: dict[str, Any]) -> RecipeConfig:
 
 def load_recipe(
     path: str | Path | None,
+    model_hparams: ModelSchema,
     overrides: list[str] | None = None,
     seed: int | None = None,
 ) -> RecipeConfig:
@@ -399,7 +406,41 @@ def load_recipe(
     if path is not None and not raw.get("tracking", {}).get("recipe"):
         raw.setdefault("tracking", {})["recipe"] = path.stem
     try:
-        return resolve(raw)
+        return resolve(raw, model_hparams)
     except ConfigError as exc:
         where = f"{path}: " if path is not None else ""
         raise ConfigError(f"{where}{exc}") from None
+
+
+SWEEP_OPTIONS = ("method", "n_trials")
+RANGE_KEYS = {"min", "max", "log", "int"}
+
+
+def validate_sweep(table: dict) -> dict:
+    """Check a ``[sweep]`` table; errors name the offending ``sweep.*`` key."""
+    method = table.get("method", "grid")
+    if method not in ("grid", "random"):
+        raise ConfigError(f'sweep.method: expected "grid" or "random", got {method!r}')
+    if method == "random":
+        n_trials = table.get("n_trials")
+        if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
+            raise ConfigError("sweep.n_trials: random search needs a positive number of trials")
+    elif "n_trials" in table:
+        raise ConfigError('sweep.n_trials: only for method = "random" (a grid fits every point)')
+    for path, values in table.items():
+        if path in SWEEP_OPTIONS:
+            continue
+        if len(path.split(".")) != 2:
+            raise ConfigError(f"sweep: {path!r} is not a section.key")
+        if isinstance(values, dict):
+            if method != "random":
+                raise ConfigError(f'sweep.{path}: a {{min, max}} range needs method = "random"')
+            unknown = set(values) - RANGE_KEYS
+            low, high = values.get("min"), values.get("max")
+            if unknown or not all(isinstance(v, int | float) for v in (low, high)) or low >= high:
+                raise ConfigError(f"sweep.{path}: expected {{min = a, max = b}} with a < b")
+            if values.get("log") and low <= 0:
+                raise ConfigError(f"sweep.{path}: a log range needs min > 0")
+        elif not isinstance(values, list) or not values:
+            raise ConfigError(f"sweep.{path}: expected a non-empty list of values")
+    return table

@@ -122,7 +122,7 @@ def lastfm_raw() -> Path:
 
 def recipe_on(recipe: str, data_name: str, raw: Path, *overrides: str, seed: int = 5):
     """A shipped recipe pointed at a tiny raw dataset: 2 epochs, batches of 64, no model logging."""
-    from dglrec.config import load_recipe
+    from dglrec.runs.recipes import load_recipe
 
     return load_recipe(
         REPO / "recipes" / recipe,
@@ -140,9 +140,9 @@ def recipe_on(recipe: str, data_name: str, raw: Path, *overrides: str, seed: int
 
 def assert_evaluate_matches(run_id: str, tolerance: float = 1e-9) -> None:
     """`dglrec evaluate` re-scores the logged model to the run's logged test metrics."""
-    from dglrec import experiment
+    from dglrec.runs import pipeline
 
-    out = experiment.evaluate(run_id, log=lambda _: None)
+    out = pipeline.evaluate(run_id, log=lambda _: None)
     assert set(out["test"]) <= set(out["logged"]), out
     for key, value in out["test"].items():
         assert abs(value - out["logged"][key]) < tolerance, key

@@ -11,12 +11,13 @@ import time
 
 import pytest
 
-from dglrec import batch as batches
-from dglrec import tracking
-from dglrec.config import load_recipe
 from dglrec.errors import ConfigError
-from dglrec.sweep import expand, run_sweep
-from dglrec.training import Trainer
+from dglrec.runs import groups as batches
+from dglrec.runs import tracking
+from dglrec.runs.groups import run_sweep
+from dglrec.runs.recipes import load_recipe
+from dglrec.runs.sweep import expand
+from dglrec.training.ctr import CTRTrainer
 
 
 def _random_recipe(tmp_path, seed=1, n_trials=40):
@@ -94,15 +95,15 @@ def test_local_workers_run_every_trial_under_one_parent(tiny_recipe, isolated):
 def _interrupt_at(monkeypatch, epoch_to_stop: int):
     """Ctrl-C in epoch ``epoch_to_stop``; returns the undo (not monkeypatch.undo: that
     would also leave the isolated directory)."""
-    real = Trainer.train_epoch
+    real = CTRTrainer.train_epoch
 
     def train_epoch(self, epoch):
         if epoch == epoch_to_stop:
             raise KeyboardInterrupt
         return real(self, epoch)
 
-    monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
-    return lambda: monkeypatch.setattr(Trainer, "train_epoch", real)
+    monkeypatch.setattr(CTRTrainer, "train_epoch", train_epoch)
+    return lambda: monkeypatch.setattr(CTRTrainer, "train_epoch", real)
 
 
 def test_an_interrupted_task_resumes_its_own_run(tiny_recipe, isolated, monkeypatch):
@@ -175,7 +176,7 @@ def test_sigterm_stops_a_task_process_at_a_checkpoint(tiny_recipe, isolated):
 
 WRITER = """
 import sys
-from dglrec import tracking
+from dglrec.runs import tracking
 name, steps = sys.argv[1], int(sys.argv[2])
 with tracking.MlflowRun("concurrency", run_name=name) as run:
     run.log_params({"writer": name})

@@ -5,9 +5,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dglrec import experiment
-from dglrec.config import load_recipe
-from dglrec.training import Trainer, UnseenItemSampler
+from dglrec.runs import pipeline
+from dglrec.runs.recipes import load_recipe
+from dglrec.sampling.negatives import UnseenItemSampler
+from dglrec.training.ctr import CTRTrainer
 from tests.conftest import CTR_TEST_METRICS, assert_evaluate_matches
 
 RECIPES = Path(__file__).parents[1] / "recipes"
@@ -62,12 +63,12 @@ def tiny_cfg(tiny_raw, *extra):
 
 def test_bpr_loss_equals_formula(tiny_raw, isolated):
     cfg = tiny_cfg(tiny_raw, "train.l2=0")
-    exp = experiment.build(cfg, log=lambda _: None)
-    trainer = Trainer(exp.model, exp.dataset, exp.sampler, cfg, log=lambda _: None)
+    exp = pipeline.build(cfg, log=lambda _: None)
+    trainer = CTRTrainer(exp.model, exp.dataset, exp.sampler, cfg, log=lambda _: None)
     train = exp.dataset.splits["train"]
     batch = exp.sampler.sample(trainer.kg, train[train[:, 2] == 1][:10], exp.dataset.item_entity)
     torch.manual_seed(9)
-    loss, _ = trainer._bpr_terms(batch)
+    loss, _, _ = trainer._bpr_terms(batch)
     torch.manual_seed(9)
     negatives = trainer._unseen(batch.users)
     user = exp.model.user_emb(batch.users)
@@ -85,6 +86,6 @@ def test_bpr_loss_equals_formula(tiny_raw, isolated):
 
 
 def test_bprmf_fits_logs_and_evaluates(tiny_raw, isolated):
-    run_id, result = experiment.fit(tiny_cfg(tiny_raw), log=lambda _: None)
+    run_id, result = pipeline.fit(tiny_cfg(tiny_raw), log=lambda _: None)
     assert len(result.history) == 3 and CTR_TEST_METRICS <= set(result.test)
     assert_evaluate_matches(run_id)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dglrec import tracking
+from dglrec.runs import tracking
 
 DGLREC = [sys.executable, "-m", "dglrec.cli"]
 

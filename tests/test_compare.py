@@ -14,10 +14,10 @@ import pytest
 from click.testing import CliRunner
 from scipy.stats import t as student_t
 
-from dglrec import compare as cmp
-from dglrec import tracking
+from dglrec.analysis import compare as cmp
 from dglrec.cli import main
 from dglrec.errors import ConfigError, RunError
+from dglrec.runs import tracking
 
 # recipe -> seed -> test AUC (hand-made; "kgcn" lacks seed 1, has seed 4)
 AUCS = {

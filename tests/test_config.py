@@ -4,8 +4,9 @@ import tomllib
 
 import pytest
 
-from dglrec.config import load_recipe, parse_override, resolve
+from dglrec.config import parse_override
 from dglrec.errors import ConfigError
+from dglrec.runs.recipes import load_recipe, resolve
 
 RECIPES = sorted((__import__("pathlib").Path(__file__).parents[1] / "recipes").glob("*.toml"))
 

@@ -13,9 +13,9 @@ import torch
 
 import data_prep.kg_ctr as kg_ctr
 from data_prep.kg_ctr import CTRProtocol, build, prepare, sample_negatives
+from data_prep.kg_dataset import KGRecDataset
 from data_prep.parsing import read_columns
 from data_prep.sources import download, resolve_raw_dir, sha256_of, verify
-from dglrec.data import KGRecDataset
 from dglrec.errors import ChecksumError, DataFormatError, DataSourceError
 from tests.conftest import write_tiny_kg
 

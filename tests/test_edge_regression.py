@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from data_prep.hetrec import EdgeProtocol, build, liking_scores, split_codes
-from dglrec import experiment
-from dglrec.edge_training import EdgeRegressionTrainer
-from dglrec.models.gcn_edge import EdgeWeightedConv
+from dglrec.models.edge.gcn_edge import EdgeWeightedConv
+from dglrec.runs import pipeline
+from dglrec.training.edge import EdgeRegressionTrainer
 from tests.conftest import assert_evaluate_matches, recipe_on
 
 RECIPES = Path(__file__).parents[1] / "recipes"
@@ -56,7 +56,7 @@ def test_build_reads_the_hetrec_layout(tiny_hetrec):
 
 def test_held_out_edges_never_reach_a_training_block(tiny_hetrec, isolated):
     cfg = tiny("gcn_hetrec_edge_weight.toml", tiny_hetrec, "train.batch_size=16")
-    built = experiment.build(cfg, log=lambda _: None)
+    built = pipeline.build(cfg, log=lambda _: None)
     dataset = built.dataset
     trainer = EdgeRegressionTrainer(built.model, dataset, cfg, log=lambda _: None)
     graph_eid = trainer.graph.edata["eid"]
@@ -76,7 +76,7 @@ def test_held_out_edges_never_reach_a_training_block(tiny_hetrec, isolated):
 
 def test_paper_protocol_keeps_held_out_edges_in_the_message_graph(tiny_hetrec, isolated):
     cfg = tiny("gcn_hetrec_edge_weight_paper.toml", tiny_hetrec)
-    built = experiment.build(cfg, log=lambda _: None)
+    built = pipeline.build(cfg, log=lambda _: None)
     trainer = EdgeRegressionTrainer(built.model, built.dataset, cfg, log=lambda _: None)
     assert (built.dataset.split[trainer.graph.edata["eid"]] > 0).any()
 
@@ -94,14 +94,14 @@ def test_attention_weights_sum_to_one_over_each_nodes_in_edges():
 @pytest.mark.parametrize("recipe", ["gcn_hetrec_attention.toml", "gcn_hetrec_naive.toml"])
 def test_without_augmentation_two_runs_with_one_seed_are_identical(recipe, tiny_hetrec, isolated):
     cfg = tiny(recipe, tiny_hetrec)
-    _, first = experiment.fit(cfg, log=lambda _: None)
-    _, second = experiment.fit(tiny(recipe, tiny_hetrec), log=lambda _: None)
+    _, first = pipeline.fit(cfg, log=lambda _: None)
+    _, second = pipeline.fit(tiny(recipe, tiny_hetrec), log=lambda _: None)
     assert first.history[-1]["train_loss"] == second.history[-1]["train_loss"]
     assert first.test == second.test
 
 
 def test_augmentation_noise_is_training_only():
-    from dglrec.models.gcn_edge import GCNEdgeRegressor
+    from dglrec.models.edge.gcn_edge import GCNEdgeRegressor
 
     model = GCNEdgeRegressor(2, 2, hidden=4, edge_weight=True, augmentation_std=0.1)
     graph = dgl.graph((torch.tensor([0, 2]), torch.tensor([2, 0])), num_nodes=4)
@@ -114,14 +114,14 @@ def test_augmentation_noise_is_training_only():
 
 def test_user_mean_and_global_mean_are_the_training_means(tiny_hetrec, isolated):
     cfg = tiny("hetrec_user_mean.toml", tiny_hetrec)
-    built = experiment.build(cfg, log=lambda _: None)
+    built = pipeline.build(cfg, log=lambda _: None)
     dataset = built.dataset
     train = dataset.edges_of("train")
     users, _ = dataset.user_item(train)
     for user in users.unique()[:5].tolist():
         expected = dataset.weight[train][users == user].mean()
         assert built.model.user_mean[user].item() == pytest.approx(expected.item())
-    glob = experiment.build(tiny("hetrec_global_mean.toml", tiny_hetrec), log=lambda _: None)
+    glob = pipeline.build(tiny("hetrec_global_mean.toml", tiny_hetrec), log=lambda _: None)
     assert glob.model.mean.item() == pytest.approx(dataset.weight[train].mean().item())
 
 
@@ -129,7 +129,7 @@ def test_user_mean_and_global_mean_are_the_training_means(tiny_hetrec, isolated)
 def test_every_hetrec_recipe_fits_end_to_end_on_a_tiny_graph(recipe, tiny_hetrec, isolated):
     cfg = tiny(recipe, tiny_hetrec)
     cfg.sweep = {}
-    run_id, result = experiment.fit(cfg, log=lambda _: None)
+    run_id, result = pipeline.fit(cfg, log=lambda _: None)
     assert set(result.test) == {"mse", "mae"}
     assert 0 <= result.test["mae"] < 1
 
@@ -137,13 +137,13 @@ def test_every_hetrec_recipe_fits_end_to_end_on_a_tiny_graph(recipe, tiny_hetrec
 def test_evaluate_rescores_a_logged_gcn(tiny_hetrec, isolated):
     cfg = tiny("gcn_hetrec.toml", tiny_hetrec, "tracking.log_model=true")
     cfg.sweep = {}
-    run_id, _ = experiment.fit(cfg, log=lambda _: None)
+    run_id, _ = pipeline.fit(cfg, log=lambda _: None)
     assert_evaluate_matches(run_id, tolerance=1e-6)
 
 
 def test_metrics_are_over_all_test_edges(tiny_hetrec, isolated):
     cfg = tiny("hetrec_global_mean.toml", tiny_hetrec)
-    built = experiment.build(cfg, log=lambda _: None)
+    built = pipeline.build(cfg, log=lambda _: None)
     trainer = EdgeRegressionTrainer(built.model, built.dataset, cfg, log=lambda _: None)
     test = built.dataset.edges_of("test")
     error = built.dataset.weight[test].double() - built.model.mean.double()
@@ -156,7 +156,7 @@ def test_task_and_model_must_agree(tiny_hetrec, isolated):
     from dglrec.errors import ConfigError
 
     with pytest.raises(ConfigError, match="task.kind"):
-        experiment.build(
+        pipeline.build(
             tiny("gcn_hetrec.toml", tiny_hetrec, "task.kind=ctr", "eval.select_metric=auc")
         )
     with pytest.raises(ConfigError, match="select_metric"):
@@ -164,13 +164,13 @@ def test_task_and_model_must_agree(tiny_hetrec, isolated):
 
 
 def test_a_sweep_picks_the_lowest_eval_mse(tiny_hetrec, isolated):
-    from dglrec.sweep import run_sweep
+    from dglrec.runs.groups import run_sweep
 
     cfg = tiny("gcn_hetrec.toml", tiny_hetrec, "train.epochs=1")
     cfg.sweep = {"train.lr": [1e-4, 0.05]}
     _, records = run_sweep(cfg, log=lambda _: None)
     best = min(records, key=lambda r: r["eval_mse"])
-    from dglrec import tracking
+    from dglrec.runs import tracking
 
     parent = tracking.get_run(records[0]["run_id"])[2]["mlflow.parentRunId"]
     assert tracking.get_run(parent)[2]["best_run_id"] == best["run_id"]

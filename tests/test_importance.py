@@ -7,7 +7,10 @@ from dgl.dataloading import MultiLayerFullNeighborSampler
 from torch import nn
 
 from dglrec.errors import ConfigError
-from dglrec.sampling import build_sampler, condition_on_users, top_k_per_group
+from dglrec.models.base import Capabilities
+from dglrec.models.cf.bprmf import BPRMF
+from dglrec.models.kg.kgcn import KGCN
+from dglrec.sampling.blocks import build_sampler, condition_on_users, top_k_per_group
 
 
 def test_top_k_per_group_by_hand():
@@ -24,6 +27,9 @@ def test_top_k_per_group_by_hand():
 
 class Tables(nn.Module):
     """A stand-in model: 2 users, 3 relations, 2-d vectors chosen by hand."""
+
+    capabilities = Capabilities(importance_sampling=True)
+    importance_scores = KGCN.importance_scores  # sigmoid(e_u . e_r) from the two tables
 
     def __init__(self):
         super().__init__()
@@ -106,7 +112,7 @@ def test_importance_topk_matches_brute_force_on_random_graph():
     _, _, blocks = MultiLayerFullNeighborSampler(1).sample(g, torch.arange(30))
     users = torch.randint(0, 2, (30,), generator=gen)
 
-    from dglrec.sampling import ImportanceTopK
+    from dglrec.sampling.blocks import ImportanceTopK
 
     cblocks, pair_index = condition_on_users(
         blocks, users, torch.arange(30), ImportanceTopK(3, model)
@@ -126,4 +132,4 @@ def test_importance_topk_matches_brute_force_on_random_graph():
 
 def test_importance_topk_needs_user_and_relation_tables():
     with pytest.raises(ConfigError, match="importance_topk"):
-        build_sampler("importance_topk", 1, 4, model=nn.Linear(2, 2))
+        build_sampler("importance_topk", 1, 4, model=BPRMF(n_users=3, n_items=4))

@@ -4,11 +4,11 @@ import pytest
 import torch
 from dgl.dataloading import MultiLayerFullNeighborSampler
 
-from dglrec import experiment
-from dglrec.config import load_recipe
-from dglrec.models.kaisg import KAISG
-from dglrec.models.mgwa import MGWA, GatedAggregator
-from dglrec.sampling import make_pair_batch
+from dglrec.models.kg.kaisg import KAISG
+from dglrec.models.kg.mgwa import MGWA, GatedAggregator
+from dglrec.runs import pipeline
+from dglrec.runs.recipes import load_recipe
+from dglrec.sampling.blocks import make_pair_batch
 from tests.conftest import CTR_TEST_METRICS, assert_evaluate_matches
 from tests.test_kgcn import random_kg
 
@@ -89,14 +89,14 @@ def test_recipes_fit_end_to_end_on_tiny_kg(recipe, overrides, tiny_raw, isolated
         seed=5,
     )
     logs = []
-    run_id, result = experiment.fit(cfg, log=logs.append)
+    run_id, result = pipeline.fit(cfg, log=logs.append)
     assert CTR_TEST_METRICS <= set(result.test)
     assert len(result.history) == 2
     if cfg.model["init"] == "transe":
         assert any("pretraining TransE" in line for line in logs)
         # The second fit with the same data, settings and seed reuses the tables.
         logs.clear()
-        experiment.fit(cfg, log=logs.append)
+        pipeline.fit(cfg, log=logs.append)
         assert any("using cached TransE" in line for line in logs)
 
 
@@ -109,5 +109,5 @@ def test_evaluate_rescores_an_importance_topk_run(tiny_raw, isolated):
         ["data.name=tiny-kg", f"data.raw_dir={tiny_raw}", "train.epochs=1", "pretrain.epochs=2"],
         seed=4,
     )
-    run_id, _ = experiment.fit(cfg, log=lambda _: None)
+    run_id, _ = pipeline.fit(cfg, log=lambda _: None)
     assert_evaluate_matches(run_id)

@@ -5,8 +5,8 @@ import pytest
 import torch
 from dgl.dataloading import MultiLayerFullNeighborSampler
 
-from dglrec.models.kgcn import KGCN
-from dglrec.sampling import FixedSizeNeighborSampler, make_pair_batch
+from dglrec.models.kg.kgcn import KGCN
+from dglrec.sampling.blocks import FixedSizeNeighborSampler, make_pair_batch
 
 
 def random_kg(seed=0, n_entities=12, n_edges=30, n_relations=3):

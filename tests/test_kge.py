@@ -2,10 +2,10 @@
 
 import torch
 
-from dglrec import experiment
-from dglrec.config import load_recipe
-from dglrec.kge import KGETrainer, corrupt, link_prediction_metrics
-from dglrec.models.transe import TransE
+from dglrec.models.kg.transe import TransE
+from dglrec.runs import pipeline
+from dglrec.runs.recipes import load_recipe
+from dglrec.training.kge import KGETrainer, corrupt, link_prediction_metrics
 
 
 def chain_kg(n=20):
@@ -88,11 +88,11 @@ def test_transe_ranks_true_triples_above_corrupted_after_training():
 def test_transe_recipe_logs_link_prediction(tiny_raw, isolated):
     from pathlib import Path
 
-    from dglrec import tracking
+    from dglrec.runs import tracking
 
     recipe = Path(__file__).parents[1] / "recipes" / "transe.toml"
     cfg = load_recipe(recipe, ["data.name=tiny-kg", f"data.raw_dir={tiny_raw}", "train.epochs=5"])
-    run_id, result = experiment.fit(cfg, log=lambda _: None)
+    run_id, result = pipeline.fit(cfg, log=lambda _: None)
     _, metrics, tags = tracking.get_run(run_id)
     assert {"test_mrr", "test_hits10", "eval_mrr"} <= set(metrics)
     assert 0 < metrics["test_mrr"] <= 1 and tags["model"] == "transe"

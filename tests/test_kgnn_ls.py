@@ -10,11 +10,11 @@ import pytest
 import torch
 from dgl.dataloading import MultiLayerFullNeighborSampler
 
-from dglrec import experiment
-from dglrec.config import load_recipe
 from dglrec.models.base import TrainingTensors
-from dglrec.models.kgnn_ls import KGNNLS
-from dglrec.sampling import make_pair_batch
+from dglrec.models.kg.kgnn_ls import KGNNLS
+from dglrec.runs import pipeline
+from dglrec.runs.recipes import load_recipe
+from dglrec.sampling.blocks import make_pair_batch
 from tests.conftest import assert_evaluate_matches
 
 RECIPES = Path(__file__).parents[1] / "recipes"
@@ -96,7 +96,7 @@ def test_labels_come_from_the_training_split_only(tiny_raw, isolated):
     cfg = load_recipe(
         RECIPES / "kgnn_ls.toml", ["data.name=tiny-kg", f"data.raw_dir={tiny_raw}"], seed=3
     )
-    built = experiment.build(cfg, log=lambda _: None)
+    built = pipeline.build(cfg, log=lambda _: None)
     train = built.dataset.splits["train"]
     assert len(built.model.label_keys) == len(train)
     held_out = torch.cat([built.dataset.splits["eval"], built.dataset.splits["test"]])
@@ -110,7 +110,7 @@ def test_kgnn_ls_recipe_fits_logs_ls_and_evaluates(tiny_raw, isolated):
         ["data.name=tiny-kg", f"data.raw_dir={tiny_raw}", "train.epochs=2", "train.batch_size=64"],
         seed=5,
     )
-    run_id, result = experiment.fit(cfg, log=lambda _: None)
+    run_id, result = pipeline.fit(cfg, log=lambda _: None)
     losses = [h["train_loss_ls"] for h in result.history]
     assert losses[0] != losses[1] and all(v > 0 for v in losses)
     assert_evaluate_matches(run_id)

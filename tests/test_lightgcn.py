@@ -4,10 +4,10 @@ from pathlib import Path
 
 import torch
 
-from dglrec import experiment
-from dglrec.config import load_recipe
-from dglrec.data import KGRecDataset
-from dglrec.models.lightgcn import LightGCN
+from data_prep.kg_dataset import KGRecDataset
+from dglrec.models.cf.lightgcn import LightGCN
+from dglrec.runs import pipeline
+from dglrec.runs.recipes import load_recipe
 from tests.conftest import assert_evaluate_matches
 
 
@@ -59,6 +59,6 @@ def test_lightgcn_fits_and_evaluates(tiny_raw, isolated):
         ["data.name=tiny-kg", f"data.raw_dir={tiny_raw}", "train.epochs=3", "train.patience=0"],
         seed=2,
     )
-    run_id, result = experiment.fit(cfg, log=lambda _: None)
+    run_id, result = pipeline.fit(cfg, log=lambda _: None)
     assert len(result.history) == 3
     assert_evaluate_matches(run_id)

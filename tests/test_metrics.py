@@ -1,4 +1,4 @@
-"""dglrec.metrics against scikit-learn and hand-computed values."""
+"""dglrec.evaluation.metrics against scikit-learn and hand-computed values."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
-from dglrec.metrics import HIGHER_IS_BETTER, accuracy, ctr_metrics, f1, roc_auc
+from dglrec.evaluation.metrics import HIGHER_IS_BETTER, accuracy, ctr_metrics, f1, roc_auc
 
 SEEDS = range(8)
 
@@ -134,7 +134,7 @@ def test_higher_is_better():
 def test_regression_metrics_match_scikit_learn():
     from sklearn.metrics import mean_absolute_error, mean_squared_error
 
-    from dglrec.metrics import regression_metrics
+    from dglrec.evaluation.metrics import regression_metrics
 
     rng = np.random.default_rng(0)
     targets, predictions = rng.random(1000), rng.random(1000)

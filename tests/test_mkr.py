@@ -8,16 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from dglrec import experiment
-from dglrec.config import load_recipe
-from dglrec.models.mkr import (
+from dglrec.models.kg.mkr import (
     MKR,
     CrossCompressUnit,
     kge_score,
     multiple_prediction,
 )
-from dglrec.sweep import expand
-from dglrec.training import Trainer
+from dglrec.runs import pipeline
+from dglrec.runs.recipes import load_recipe
+from dglrec.runs.sweep import expand
+from dglrec.training.ctr import CTRTrainer
 from tests.conftest import CTR_TEST_METRICS, assert_evaluate_matches, recipe_on
 
 RECIPES = Path(__file__).parents[1] / "recipes"
@@ -125,9 +125,9 @@ class ScheduleSpy:
 @pytest.mark.parametrize("interval", [1, 3, 7])
 def test_kge_step_runs_exactly_every_kge_interval_rs_steps(interval, tiny_raw, isolated):
     cfg = tiny("mkr.toml", tiny_raw, f"train.kge_interval={interval}", "train.epochs=3")
-    built = experiment.build(cfg, log=lambda _: None)
+    built = pipeline.build(cfg, log=lambda _: None)
     spy = ScheduleSpy(built.model)
-    trainer = Trainer(built.model, built.dataset, built.sampler, cfg, log=lambda _: None)
+    trainer = CTRTrainer(built.model, built.dataset, built.sampler, cfg, log=lambda _: None)
     trainer.fit()
     n_train = len(built.dataset.splits["train"])
     n_batches = -(-n_train // cfg.train.batch_size)
@@ -143,11 +143,11 @@ def test_kge_step_runs_exactly_every_kge_interval_rs_steps(interval, tiny_raw, i
 
 
 def test_objectives_are_logged_separately_and_the_run_resumes(tiny_raw, isolated):
-    from dglrec import tracking
+    from dglrec.runs import tracking
 
     cfg = tiny("mmss_mkr.toml", tiny_raw, "model.dim=8", "train.kge_interval=2", "train.lr=0.01")
     cfg.tracking.log_model = True
-    run_id, result = experiment.fit(cfg, log=lambda _: None)
+    run_id, result = pipeline.fit(cfg, log=lambda _: None)
     assert {"train_loss", "train_loss_kge"} <= set(result.history[0])
     for key in ("train_loss", "train_loss_kge"):
         assert [step for step, _ in tracking.metric_history(run_id, key)] == [1, 2]
@@ -155,10 +155,10 @@ def test_objectives_are_logged_separately_and_the_run_resumes(tiny_raw, isolated
     # Both optimizers' states are checkpointed: resuming after epoch 1 equals the full run.
     cfg3 = tiny("mmss_mkr.toml", tiny_raw, "model.dim=8", "train.kge_interval=2", "train.lr=0.01")
     cfg3.train.epochs = 1
-    first_id, _ = experiment.fit(cfg3, log=lambda _: None)
-    cfg_resumed, state = experiment.resume_point(first_id, ["train.epochs=2"])
+    first_id, _ = pipeline.fit(cfg3, log=lambda _: None)
+    cfg_resumed, state = pipeline.resume_point(first_id, ["train.epochs=2"])
     assert state["kge_optimizer"] is not None
-    _, resumed = experiment.fit(
+    _, resumed = pipeline.fit(
         cfg_resumed, resume_run_id=first_id, resume_state=state, log=lambda _: None
     )
     assert resumed.test == pytest.approx(result.test, abs=1e-6)
@@ -170,7 +170,7 @@ def test_objectives_are_logged_separately_and_the_run_resumes(tiny_raw, isolated
 )
 def test_mkr_family_recipes_fit_end_to_end_on_tiny_kg(recipe, tiny_raw, isolated):
     cfg = tiny(recipe, tiny_raw, "model.dim=8")
-    _, result = experiment.fit(cfg, log=lambda _: None)
+    _, result = pipeline.fit(cfg, log=lambda _: None)
     assert CTR_TEST_METRICS <= set(result.test)
     assert len(result.history) == 2
 
@@ -203,13 +203,13 @@ def test_table7_and_table8_sweeps_expand_to_the_papers_grids(tiny_raw, isolated)
         "mmss_mkr_table8.toml", tiny_raw, "model.dim=8", "model.high_layers=5", "train.epochs=1"
     )
     cfg.sweep = {}
-    _, result = experiment.fit(cfg, log=lambda _: None)
+    _, result = pipeline.fit(cfg, log=lambda _: None)
     assert 0 <= result.test["auc"] <= 1
 
 
 def test_table7_sweep_runs_end_to_end_on_tiny_kg(tiny_raw, isolated):
     """`dglrec sweep recipes/mmss_mkr_table7.toml`, shrunk to two squasher sets and one epoch."""
-    from dglrec.sweep import run_sweep
+    from dglrec.runs.groups import run_sweep
 
     cfg = tiny("mmss_mkr_table7.toml", tiny_raw, "model.dim=8", "train.epochs=1")
     cfg.sweep = {"model.squashers": [["sigmoid"], ["tanh", "softsign"]]}

@@ -6,10 +6,11 @@ import statistics
 
 import pytest
 
-from dglrec import tracking
-from dglrec.config import load_recipe
 from dglrec.errors import ConfigError
-from dglrec.multiseed import fit_seeds, parse_seeds, summarize
+from dglrec.runs import tracking
+from dglrec.runs.groups import fit_seeds
+from dglrec.runs.recipes import load_recipe
+from dglrec.runs.seeds import parse_seeds, summarize
 
 
 def test_parse_seeds():
@@ -45,16 +46,16 @@ def test_parent_carries_mean_and_std_of_its_children(tiny_recipe, isolated):
 
 
 def test_a_failed_seed_is_reported_and_the_others_finish(tiny_recipe, isolated, monkeypatch):
-    from dglrec import experiment
+    from dglrec.runs import pipeline
 
-    real_fit = experiment.fit
+    real_fit = pipeline.fit
 
     def flaky_fit(cfg, **kwargs):
         if cfg.seed == 4:
             raise RuntimeError("node lost")
         return real_fit(cfg, **kwargs)
 
-    monkeypatch.setattr(experiment, "fit", flaky_fit)
+    monkeypatch.setattr(pipeline, "fit", flaky_fit)
     cfg = load_recipe(tiny_recipe, ["train.epochs=1", "tracking.log_model=false"])
     result = fit_seeds(cfg, [3, 4, 5], log=lambda _: None)
     assert sorted(result.runs) == [3, 5]

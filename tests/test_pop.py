@@ -4,9 +4,9 @@ from pathlib import Path
 
 import torch
 
-from dglrec import experiment, tracking
-from dglrec.config import load_recipe
-from dglrec.metrics import roc_auc
+from dglrec.evaluation.metrics import roc_auc
+from dglrec.runs import pipeline, tracking
+from dglrec.runs.recipes import load_recipe
 from tests.conftest import assert_evaluate_matches
 
 
@@ -16,8 +16,8 @@ def test_pop_scores_training_popularity_and_evaluates(tiny_raw, isolated):
         ["data.name=tiny-kg", f"data.raw_dir={tiny_raw}"],
         seed=6,
     )
-    run_id, result = experiment.fit(cfg, log=lambda _: None)
-    dataset = experiment.load_dataset(cfg, log=lambda _: None)
+    run_id, result = pipeline.fit(cfg, log=lambda _: None)
+    dataset = pipeline.load_dataset(cfg, log=lambda _: None)
     train, test = dataset.splits["train"], dataset.splits["test"]
     counts = torch.bincount(train[train[:, 2] == 1][:, 1], minlength=dataset.n_items)
     assert result.best_epoch == 0

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from dglrec import experiment
-from dglrec.ranking import evaluate_ranking, positives_by_user, rank_metrics
-from dglrec.training import Trainer
+from dglrec.evaluation.ranking import evaluate_ranking, positives_by_user, rank_metrics
+from dglrec.runs import pipeline
+from dglrec.training.ctr import CTRTrainer
 from tests.conftest import recipe_on
 
 
@@ -47,12 +47,15 @@ def test_rank_metrics_match_brute_force_with_ties():
 
 def test_evaluate_ranking_on_a_fitted_model_matches_brute_force(tiny_raw, isolated):
     cfg = recipe_on("bprmf.toml", "tiny-kg", tiny_raw, "train.epochs=3", "eval.ranking_ks=[3, 10]")
-    built = experiment.build(cfg, log=lambda _: None)
-    trainer = Trainer(built.model, built.dataset, built.sampler, cfg, log=lambda _: None)
+    built = pipeline.build(cfg, log=lambda _: None)
+    trainer = CTRTrainer(built.model, built.dataset, built.sampler, cfg, log=lambda _: None)
     trainer.fit()
     dataset = built.dataset
-    got = evaluate_ranking(trainer, "test", [3, 10], chunk_users=4)
     n_users, n_items = dataset.n_users, dataset.n_items
+    splits = dataset.splits
+    got = evaluate_ranking(
+        trainer.score_pairs, splits["train"], splits["test"], n_users, n_items, [3, 10], 4
+    )
     seen = positives_by_user(dataset.splits["train"], n_users, n_items)
     relevant = positives_by_user(dataset.splits["test"], n_users, n_items) & ~seen
     popularity = seen.sum(0).double()
@@ -82,11 +85,11 @@ def test_evaluate_ranking_on_a_fitted_model_matches_brute_force(tiny_raw, isolat
 
 
 def test_fit_logs_ranking_metrics_for_a_kg_model(tiny_recipe, isolated):
-    from dglrec import tracking
-    from dglrec.config import load_recipe
+    from dglrec.runs import tracking
+    from dglrec.runs.recipes import load_recipe
 
     cfg = load_recipe(tiny_recipe, ["train.epochs=1", "tracking.log_model=false"])
-    run_id, result = experiment.fit(cfg, log=lambda _: None)
+    run_id, result = pipeline.fit(cfg, log=lambda _: None)
     for k in (5, 10, 20, 50):
         assert 0 <= result.test[f"recall_at_{k}"] <= 1
     _, metrics, _ = tracking.get_run(run_id)

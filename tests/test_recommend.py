@@ -8,9 +8,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dglrec import experiment
+from dglrec.analysis.recommend import recommend
 from dglrec.cli import main
-from dglrec.recommend import recommend
+from dglrec.runs import pipeline
 
 
 @pytest.fixture
@@ -29,13 +29,13 @@ def fitted(tiny_recipe, isolated):
 
 def _all_scores(run_id: str, user: int) -> tuple[torch.Tensor, torch.Tensor, object]:
     """Every item's probability for ``user`` from a freshly built trainer, and her positives."""
-    from dglrec import tracking
+    from dglrec.runs import tracking
 
-    cfg = experiment.config_of_run(run_id)
+    cfg = pipeline.config_of_run(run_id)
     model = tracking.load_model(run_id)
-    dataset = experiment.load_dataset(cfg, lambda _: None)
-    trainer = experiment.trainer_for(
-        experiment.Experiment(cfg, dataset, model, experiment.sampler_for(cfg, model))
+    dataset = pipeline.load_dataset(cfg, lambda _: None)
+    trainer = pipeline.trainer_for(
+        pipeline.Experiment(cfg, dataset, model, pipeline.sampler_for(cfg, model))
     )
     n = dataset.n_items
     pairs = torch.stack(
@@ -118,7 +118,7 @@ def test_models_without_kg_attention_give_scores_without_reasons(tiny_raw, isola
     from tests.conftest import recipe_on
 
     cfg = recipe_on("bprmf.toml", "tiny-kg", tiny_raw, "tracking.log_model=true", "train.epochs=1")
-    run_id, _ = experiment.fit(cfg, log=lambda _: None)
+    run_id, _ = pipeline.fit(cfg, log=lambda _: None)
     rec = recommend(run_id, "9", k=4, log=lambda _: None)
     assert len(rec.items) == 4 and not rec.explained
     assert all(not item.reasons for item in rec.items)

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dglrec import experiment
-from dglrec.config import load_recipe
 from dglrec.models.base import TrainingTensors
-from dglrec.models.ripplenet import RippleNet
-from dglrec.ripple import build_ripple_sets, sample_per_group
+from dglrec.models.kg.ripplenet import RippleNet
+from dglrec.runs import pipeline
+from dglrec.runs.recipes import load_recipe
+from dglrec.sampling.ripple_sets import build_ripple_sets, sample_per_group
 from tests.conftest import assert_evaluate_matches
 
 RECIPES = Path(__file__).parents[1] / "recipes"
@@ -41,7 +41,7 @@ def test_ripple_sets_on_the_tiny_kg_hold_only_training_positives_at_hop_zero(tin
     cfg = load_recipe(
         RECIPES / "ripplenet.toml", ["data.name=tiny-kg", f"data.raw_dir={tiny_raw}"], seed=2
     )
-    built = experiment.build(cfg, log=lambda _: None)
+    built = pipeline.build(cfg, log=lambda _: None)
     dataset, model = built.dataset, built.model
     train = dataset.splits["train"]
     entity = dataset.item_entity
@@ -125,7 +125,7 @@ def test_ripplenet_recipe_fits_end_to_end_on_tiny_kg(tiny_raw, isolated):
         ["data.name=tiny-kg", f"data.raw_dir={tiny_raw}", "train.epochs=2", "train.batch_size=64"],
         seed=5,
     )
-    run_id, result = experiment.fit(cfg, log=lambda _: None)
+    run_id, result = pipeline.fit(cfg, log=lambda _: None)
     assert "train_loss_kge" in result.history[0]
     assert len(result.history) == 2
     assert_evaluate_matches(run_id)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from dgl.dataloading import MultiLayerFullNeighborSampler
 
-from dglrec.sampling import FixedSizeNeighborSampler, condition_on_users, make_pair_batch
+from dglrec.sampling.blocks import FixedSizeNeighborSampler, condition_on_users, make_pair_batch
 
 
 def hand_kg() -> dgl.DGLGraph:

@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from dglrec import batch as batches
-from dglrec import slurm, tracking
 from dglrec.cli import main
-from dglrec.config import ClusterConfig, load_recipe
+from dglrec.config import ClusterConfig
+from dglrec.runs import groups as batches
+from dglrec.runs import slurm, tracking
+from dglrec.runs.recipes import load_recipe
 from tests.conftest import tracking_server
 
 REPO = Path(__file__).resolve().parents[1]

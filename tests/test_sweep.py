@@ -4,10 +4,11 @@ import tomllib
 
 import pytest
 
-from dglrec import tracking
-from dglrec.config import load_recipe, resolve
 from dglrec.errors import ConfigError
-from dglrec.sweep import expand, run_sweep
+from dglrec.runs import tracking
+from dglrec.runs.groups import run_sweep
+from dglrec.runs.recipes import load_recipe, resolve
+from dglrec.runs.sweep import expand
 
 
 def test_grid_expands_in_order_and_round_trips(tmp_path):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from dglrec.config import load_recipe
-from dglrec.experiment import build
-from dglrec.training import Trainer
+from dglrec.runs.pipeline import build
+from dglrec.runs.recipes import load_recipe
+from dglrec.training.ctr import CTRTrainer
 
 
 class RecordingTracker:
@@ -27,7 +27,7 @@ def fit(recipe, overrides=(), resume=None):
     cfg = load_recipe(recipe, list(overrides))
     experiment = build(cfg, log=lambda _: None)
     tracker = RecordingTracker()
-    trainer = Trainer(
+    trainer = CTRTrainer(
         experiment.model, experiment.dataset, experiment.sampler, cfg, tracker, log=lambda _: None
     )
     return trainer, trainer.fit(resume=resume), tracker

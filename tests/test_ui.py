@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from dglrec import tracking
 from dglrec.cli import main
-from dglrec.server import server_command, ui_command
+from dglrec.runs import tracking
+from dglrec.runs.server import server_command, ui_command
 from tests.conftest import free_port, wait_for_http
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -1,10 +1,96 @@
-"""What every user-item scoring model returns to the trainer."""
+"""What a model declares at registration, and what it returns to the trainer.
+
+* :class:`Capabilities`: the task, inputs, objective and optional hooks of a
+  model, declared by ``@register_model(name, ...)`` and checked against the class;
+* :class:`ScoreOutput`, :class:`KGEOutput`: what a CTR model's forward pass and
+  KGE step return (edge-regression models return
+  :class:`~dglrec.models.edge.gcn_edge.EdgeOutput`);
+* :class:`TrainingTensors`: the training data a model may bind at build time.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import torch
+
+Task = Literal["ctr", "edge_regression", "kge"]
+# blocks: user-conditioned KG blocks (``forward(blocks, pair_index)``, or for edge
+# regression ``forward(blocks, src, dst)``); ids: ``forward(users, items)``;
+# ids_and_graph: ``forward(users, items, graph)`` over the training user–item graph;
+# triples: KG triples (``forward(positive, negative)``).
+Inputs = Literal["blocks", "ids", "ids_and_graph", "triples"]
+# bce: labelled pairs; bpr: positives against sampled negatives; bce_and_kge: bce
+# steps alternating with KGE steps (``kge_loss``); mse: edge scores; margin: TransE.
+Objective = Literal["bce", "bpr", "bce_and_kge", "mse", "margin"]
+# What the builder hands the model once, before any checkpoint is loaded.
+Binding = Literal["none", "training_data", "training_edges"]
+
+OBJECTIVES_OF_TASK: dict[str, tuple[str, ...]] = {
+    "ctr": ("bce", "bpr", "bce_and_kge"),
+    "edge_regression": ("mse",),
+    "kge": ("margin",),
+}
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a registered model needs and how it is trained.
+
+    Attributes:
+        task: what it predicts.
+        inputs: what its forward pass takes (see :data:`Inputs`).
+        objective: what the trainer minimises (see :data:`Objective`).
+        binds: ``"training_data"``: ``bind_training_data(TrainingTensors)``;
+            ``"training_edges"``: ``bind_training_edges(users, items, scores)``.
+        kge_init: can start its entity/relation tables from pretrained TransE
+            (``load_kge_embeddings``; ``[model] init = "transe"``).
+        importance_sampling: scores ``importance_scores(users, relations)`` for
+            KAISG's importance top-K sampler.
+        explains: ``explain(block)`` gives per-edge attention (``dglrec recommend``).
+    """
+
+    task: Task = "ctr"
+    inputs: Inputs = "blocks"
+    objective: Objective = "bce"
+    binds: Binding = "none"
+    kge_init: bool = False
+    importance_sampling: bool = False
+    explains: bool = False
+
+    def check(self, cls: type) -> None:
+        """Raise ``TypeError`` naming ``cls`` if it lacks what it declares."""
+        for name, allowed in (
+            ("task", Task),
+            ("inputs", Inputs),
+            ("objective", Objective),
+            ("binds", Binding),
+        ):
+            if getattr(self, name) not in get_args(allowed):
+                raise TypeError(
+                    f"{cls.__name__}: {name}={getattr(self, name)!r}; allowed: {get_args(allowed)}"
+                )
+        if self.objective not in OBJECTIVES_OF_TASK[self.task]:
+            raise TypeError(
+                f"{cls.__name__}: a {self.task} model is trained by one of "
+                f"{OBJECTIVES_OF_TASK[self.task]}, not {self.objective!r}"
+            )
+        required = {
+            "n_blocks": self.inputs == "blocks",
+            "kge_loss": self.objective == "bce_and_kge",
+            "bind_training_data": self.binds == "training_data",
+            "bind_training_edges": self.binds == "training_edges",
+            "load_kge_embeddings": self.kge_init,
+            "importance_scores": self.importance_sampling,
+            "explain": self.explains,
+        }
+        missing = [name for name, needed in required.items() if needed and not hasattr(cls, name)]
+        if missing:
+            raise TypeError(
+                f"{cls.__name__} declares capabilities it does not implement: "
+                f"missing {', '.join(missing)}"
+            )
 
 
 @dataclass
@@ -54,9 +140,10 @@ class TrainingTensors:
     """What a model may read from the dataset when it is built: training data only.
 
     Models that need more than table sizes (MKR: the item–entity alignment;
-    RippleNet: ripple sets; KGNN-LS: training labels) define
-    ``bind_training_data(tensors)``; the builder calls it once, before any
-    checkpoint is loaded, so what it stores can be buffers saved with the model.
+    RippleNet: ripple sets; KGNN-LS: training labels) declare
+    ``binds="training_data"`` and define ``bind_training_data(tensors)``; the
+    builder calls it once, before any checkpoint is loaded, so what it stores can
+    be buffers saved with the model.
 
     Attributes:
         train_pairs: ``[n, 3]`` (user, item, label) of the training split only.

@@ -1,0 +1,116 @@
+"""The processed edge-regression dataset: a user–artist graph with liking scores and splits.
+
+Edges are stored directed, ``2 n_pairs`` of them: edge ``i < n_pairs`` goes user ->
+artist and edge ``i + n_pairs`` is its reverse. Every edge carries its score
+``weight`` and its ``split`` code (0 train, 1 eval, 2 test); in the clean protocol
+an edge and its reverse share the code.
+
+The *message graph* is what message passing may read: in the clean protocol the
+training edges only, so no held-out score ever weights a message; under the
+paper protocol (leaky, for measurement only) every edge.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import dgl
+import torch
+
+from data_prep.errors import DataSourceError
+
+SPLIT_CODES = {"train": 0, "eval": 1, "test": 2}
+TENSORS_FILE = "edges.pt"
+META_FILE = "meta.json"
+
+
+@dataclass
+class EdgeRegressionDataset:
+    src: torch.Tensor
+    dst: torch.Tensor
+    weight: torch.Tensor
+    split: torch.Tensor
+    friends: torch.Tensor
+    artist_tags: torch.Tensor
+    meta: dict
+
+    @property
+    def n_users(self) -> int:
+        return int(self.meta["stats"]["users"])
+
+    @property
+    def n_items(self) -> int:
+        return int(self.meta["stats"]["artists"])
+
+    @property
+    def n_nodes(self) -> int:
+        return self.n_users + self.n_items
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.src) // 2
+
+    def graph_args(self) -> dict[str, int]:
+        """The table sizes a model is built with."""
+        return {"n_users": self.n_users, "n_items": self.n_items}
+
+    @property
+    def paper_protocol(self) -> bool:
+        return bool(self.meta["protocol_fields"]["paper_protocol"])
+
+    def reverse_eids(self) -> torch.Tensor:
+        n = self.n_pairs
+        return torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
+
+    def user_item(self, eids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(user, artist index)`` of edges ``eids``, whichever their direction."""
+        src, dst = self.src[eids], self.dst[eids]
+        return torch.minimum(src, dst), torch.maximum(src, dst) - self.n_users
+
+    def edges_of(self, split: str) -> torch.Tensor:
+        """Ids of the directed edges to predict in ``split``.
+
+        Clean protocol: the user -> artist direction of each held pair (a pair is
+        predicted once). Paper protocol: every directed edge of the split.
+        """
+        code = SPLIT_CODES[split]
+        eids = torch.nonzero(self.split == code, as_tuple=True)[0]
+        return eids if self.paper_protocol else eids[eids < self.n_pairs]
+
+    def message_graph(self) -> dgl.DGLGraph:
+        """The graph message passing reads, with edge data ``w`` (score) and ``eid``.
+
+        Clean protocol: training edges, both directions, only. Paper protocol: all.
+        """
+        keep = torch.ones_like(self.split, dtype=torch.bool)
+        if not self.paper_protocol:
+            keep = self.split == SPLIT_CODES["train"]
+        eids = torch.nonzero(keep, as_tuple=True)[0]
+        graph = dgl.graph((self.src[eids], self.dst[eids]), num_nodes=self.n_nodes)
+        graph.edata["w"] = self.weight[eids]
+        graph.edata["eid"] = eids
+        return graph
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            name: getattr(self, name)
+            for name in ("src", "dst", "weight", "split", "friends", "artist_tags")
+        }
+        torch.save(tensors, directory / TENSORS_FILE)
+        # The metadata last: its presence marks a complete cache entry.
+        (directory / META_FILE).write_text(json.dumps(self.meta))
+
+    @classmethod
+    def load(cls, directory: Path) -> EdgeRegressionDataset:
+        meta_path = directory / META_FILE
+        if not meta_path.is_file():
+            raise DataSourceError(f"{directory}: no processed dataset here (missing {META_FILE})")
+        tensors = torch.load(directory / TENSORS_FILE)
+        return cls(**tensors, meta=json.loads(meta_path.read_text()))
+
+    @staticmethod
+    def exists(directory: Path) -> bool:
+        return (directory / META_FILE).is_file() and (directory / TENSORS_FILE).is_file()

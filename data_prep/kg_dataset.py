@@ -1,0 +1,115 @@
+"""The processed CTR dataset: a user/entity heterograph plus labelled splits.
+
+Graph schema (all edges stored explicitly in both directions):
+
+* node types ``user`` and ``entity``; item ``i`` is entity ``item_entity[i]``;
+* ``(user, interacts, entity)`` and its reverse ``(entity, interacted_by, user)``:
+  training positives only, so eval and test pairs never leak into message passing;
+* ``(entity, kg, entity)``: every KG triple as ``head -> tail`` and ``tail -> head``,
+  with edge data ``rel`` (relation id, shared by both directions) and ``inverse``
+  (1 for the added ``tail -> head`` copy). KGCN-style models treat the KG as
+  undirected while keeping each edge's relation.
+
+Splits are ``int64`` tensors of shape ``[n, 3]`` holding ``(user, item, label)``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import dgl
+import torch
+
+from data_prep.errors import DataSourceError
+
+SPLITS = ("train", "eval", "test")
+GRAPH_FILE = "graph.bin"
+META_FILE = "meta.json"
+
+
+@dataclass
+class KGRecDataset:
+    graph: dgl.DGLGraph
+    splits: dict[str, torch.Tensor]
+    item_entity: torch.Tensor
+    meta: dict
+
+    @property
+    def n_users(self) -> int:
+        return self.graph.num_nodes("user")
+
+    @property
+    def n_items(self) -> int:
+        return int(self.item_entity.numel())
+
+    @property
+    def n_entities(self) -> int:
+        return self.graph.num_nodes("entity")
+
+    @property
+    def n_relations(self) -> int:
+        return int(self.meta["stats"]["relations"])
+
+    def graph_args(self) -> dict[str, int]:
+        """The table sizes a model is built with."""
+        return {
+            "n_users": self.n_users,
+            "n_items": self.n_items,
+            "n_entities": self.n_entities,
+            "n_relations": self.n_relations,
+        }
+
+    def kg_graph(self) -> dgl.DGLGraph:
+        """The undirected KG as a homogeneous entity graph with edge data ``rel``."""
+        src, dst = self.graph.edges(etype="kg")
+        kg = dgl.graph((src, dst), num_nodes=self.n_entities)
+        kg.edata["rel"] = self.graph.edges["kg"].data["rel"]
+        return kg
+
+    def kg_triples(self) -> torch.Tensor:
+        """``[n_triples, 3]`` ``(head, relation, tail)`` as released (inverse copies dropped)."""
+        kg = self.graph.edges["kg"].data
+        forward = kg["inverse"] == 0
+        heads, tails = self.graph.edges(etype="kg")
+        return torch.stack([heads[forward], kg["rel"][forward], tails[forward]], 1)
+
+    def interaction_graph(self) -> dgl.DGLGraph:
+        """The training user–item graph, homogeneous: users ``0..U-1``, items ``U..U+I-1``.
+
+        Both directions of every training positive, with edge data ``norm`` =
+        ``1 / sqrt(deg(u) deg(i))`` (LightGCN's symmetric normalisation).
+        """
+        train = self.splits["train"]
+        positives = train[train[:, 2] == 1]
+        users, items = positives[:, 0], positives[:, 1] + self.n_users
+        graph = dgl.graph(
+            (torch.cat([users, items]), torch.cat([items, users])),
+            num_nodes=self.n_users + self.n_items,
+        )
+        degree = graph.in_degrees().float().clamp(min=1)
+        src, dst = graph.edges()
+        graph.edata["norm"] = (degree[src] * degree[dst]).rsqrt()
+        return graph
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {f"split_{name}": self.splits[name] for name in SPLITS}
+        tensors["item_entity"] = self.item_entity
+        # Write the metadata last: its presence marks a complete cache entry.
+        dgl.save_graphs(str(directory / GRAPH_FILE), [self.graph], tensors)
+        (directory / META_FILE).write_text(json.dumps(self.meta, indent=2))
+
+    @classmethod
+    def load(cls, directory: Path) -> KGRecDataset:
+        meta_path = directory / META_FILE
+        if not meta_path.is_file():
+            raise DataSourceError(f"{directory}: no processed dataset here (missing {META_FILE})")
+        graphs, tensors = dgl.load_graphs(str(directory / GRAPH_FILE))
+        splits = {name: tensors[f"split_{name}"] for name in SPLITS}
+        return cls(graphs[0], splits, tensors["item_entity"], json.loads(meta_path.read_text()))
+
+    @staticmethod
+    def exists(directory: Path) -> bool:
+        return (directory / META_FILE).is_file() and (directory / GRAPH_FILE).is_file()

@@ -1,0 +1,64 @@
+"""Recipe -> protocol -> processed dataset (built by :mod:`data_prep` on first use, then cached)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from data_prep import hetrec, kg_ctr
+from data_prep.edge_dataset import EdgeRegressionDataset
+from data_prep.kg_dataset import KGRecDataset
+from dglrec.config import RecipeConfig
+from dglrec.errors import ConfigError
+
+Log = Callable[[str], None]
+
+
+def ctr_protocol_of(cfg: RecipeConfig) -> kg_ctr.CTRProtocol:
+    """The CTR protocol of a recipe's ``[data]`` section (the split seed included)."""
+    data = cfg.data
+    return kg_ctr.CTRProtocol(
+        dataset=data.name,
+        ratings_file=data.ratings_file,
+        ratings_sep=data.ratings_sep,
+        ratings_header=data.ratings_header,
+        positive_threshold=data.positive_threshold,
+        negatives_per_positive=data.negatives_per_positive,
+        split=tuple(data.split),
+        seed=cfg.data_seed,
+    )
+
+
+def edge_protocol_of(cfg: RecipeConfig) -> hetrec.EdgeProtocol:
+    """The edge-regression protocol of a recipe (``task.paper_protocol`` is the leaky one)."""
+    return hetrec.EdgeProtocol(
+        dataset=cfg.data.name,
+        split=tuple(cfg.data.split),
+        seed=cfg.data_seed,
+        paper_protocol=cfg.task.paper_protocol,
+    )
+
+
+def prepare_dataset(
+    cfg: RecipeConfig,
+    log: Log = print,
+    raw_dir: str | Path | None = None,
+    out_root: str | Path | None = None,
+    mirror: str | None = None,
+) -> tuple[KGRecDataset | EdgeRegressionDataset, Path]:
+    """``(dataset, cache directory)`` of the recipe's task and ``[data]`` section.
+
+    ``raw_dir`` (else ``data.raw_dir``), ``out_root`` and ``mirror`` are as for
+    :func:`data_prep.kg_ctr.prepare`.
+    """
+    where = {"raw_dir": raw_dir or cfg.data.raw_dir or None, "out_root": out_root, "mirror": mirror}
+    if cfg.task.kind == "edge_regression":
+        return hetrec.prepare(edge_protocol_of(cfg), log=log, **where)
+    if cfg.task.paper_protocol:
+        raise ConfigError("task.paper_protocol: only edge_regression has a paper protocol")
+    return kg_ctr.prepare(ctr_protocol_of(cfg), log=log, **where)
+
+
+def load_dataset(cfg: RecipeConfig, log: Log = print) -> KGRecDataset | EdgeRegressionDataset:
+    """The processed dataset of the recipe, built on first use and cached after."""
+    return prepare_dataset(cfg, log)[0]

@@ -1,0 +1,1 @@
+"""Evaluation: CTR and regression metrics, full-ranking top-K, link prediction."""

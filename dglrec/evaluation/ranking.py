@@ -1,0 +1,134 @@
+"""Full-ranking top-K evaluation: every test user against every item she has not trained on.
+
+For each user with at least one positive in the evaluated split, every item is
+scored; items that are her *training* positives are removed; the rest are ranked
+(ties broken towards the smaller item id) and the split's positives are the
+relevant items. Per K (``[eval] ranking_ks``), averaged over users:
+
+* ``recall_at_K = |top_K ∩ P_u| / |P_u|``;
+* ``ndcg_at_K = Σ_{r ≤ K, item_r ∈ P_u} 1/log2(r + 1) / Σ_{r ≤ min(K, |P_u|)} 1/log2(r + 1)``;
+
+and over all users' lists:
+
+* ``coverage_at_K``: the fraction of the catalogue recommended to anyone;
+* ``popularity_at_K``: the mean number of training positives of the recommended
+  items, divided by the catalogue's mean (1: no popularity bias; larger: the
+  list favours popular items).
+
+Scoring runs in chunks of users × all items through a scoring function (the
+trainer's, so KG models get their user-conditioned blocks and others score ids),
+so memory is bounded by ``ranking_users`` × n_items scores; a progress bar shows
+the chunks.
+Checked against a per-user brute-force reference in ``tests/test_ranking.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+
+def positives_by_user(pairs: torch.Tensor, n_users: int, n_items: int) -> torch.Tensor:
+    """``[n_users, n_items]`` bool mask of the positive pairs in ``pairs`` (``[n, 3]``)."""
+    mask = torch.zeros(n_users, n_items, dtype=torch.bool)
+    positive = pairs[pairs[:, 2] == 1]
+    mask[positive[:, 0], positive[:, 1]] = True
+    return mask
+
+
+def top_items(scores: torch.Tensor, exclude: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` best items per row (``[..., n_items]``), ``exclude`` left out.
+
+    Ties go to the smaller item id (a tiny id-proportional amount is subtracted in
+    float64). Never more than the items left per row where every row leaves as many.
+    """
+    n_items = scores.shape[-1]
+    keyed = scores.double() - torch.arange(n_items, dtype=torch.float64) * 1e-12
+    keyed = keyed.masked_fill(exclude, -math.inf)
+    return torch.topk(keyed, min(k, n_items), dim=-1).indices
+
+
+def rank_metrics(
+    scores: torch.Tensor, exclude: torch.Tensor, relevant: torch.Tensor, ks: list[int]
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Per-user recall@K and ndcg@K for one chunk, and the chunk's top-``max(ks)`` lists.
+
+    Args:
+        scores: ``[B, n_items]``.
+        exclude: ``[B, n_items]`` items removed from the ranking (training positives).
+        relevant: ``[B, n_items]`` the held-out positives.
+    """
+    top = top_items(scores, exclude, max(ks))  # [B, k_max]
+    hits = relevant.gather(1, top).double()
+    n_relevant = relevant.sum(1).double()
+    discount = 1 / torch.log2(torch.arange(2, top.shape[1] + 2, dtype=torch.float64))
+    out = {}
+    for k in ks:
+        out[f"recall_at_{k}"] = hits[:, :k].sum(1) / n_relevant
+        dcg = (hits[:, :k] * discount[:k]).sum(1)
+        ideal_len = n_relevant.clamp(max=k).long()
+        ideal = torch.cumsum(discount, 0)[ideal_len - 1]
+        out[f"ndcg_at_{k}"] = dcg / ideal
+    return out, top
+
+
+@torch.no_grad()
+def evaluate_ranking(
+    score_pairs: Callable[[torch.Tensor], np.ndarray],
+    train: torch.Tensor,
+    held_out: torch.Tensor,
+    n_users: int,
+    n_items: int,
+    ks: list[int],
+    chunk_users: int = 64,
+    split: str = "test",
+) -> dict[str, float]:
+    """Top-K metrics of a scoring function on a held-out split (see the module docstring).
+
+    Args:
+        score_pairs: ``[n, 3]`` (user, item, label) pairs -> ``[n]`` scores.
+        train: ``[m, 3]`` training pairs; their positives are left out of the ranking.
+        held_out: ``[k, 3]`` the evaluated split; its positives are the relevant items.
+        n_users, n_items: the catalogue's size.
+        ks: the cut-offs K.
+        chunk_users: users scored at a time (memory: ``chunk_users × n_items`` scores).
+        split: the split's name, for the progress bar.
+    """
+    seen = positives_by_user(train, n_users, n_items)
+    relevant = positives_by_user(held_out, n_users, n_items) & ~seen
+    users = torch.nonzero(relevant.any(1), as_tuple=True)[0]
+    popularity = seen.sum(0).double()
+    sums: dict[str, float] = {}
+    recommended = {k: torch.zeros(n_items, dtype=torch.bool) for k in ks}
+    pop_sum = {k: 0.0 for k in ks}
+    items = torch.arange(n_items)
+    chunks = range(0, len(users), chunk_users)
+    for start in tqdm(chunks, desc=f"ranking {split}", leave=False, disable=None):
+        chunk = users[start : start + chunk_users]
+        pairs = torch.stack(
+            [
+                chunk.repeat_interleave(n_items),
+                items.repeat(len(chunk)),
+                torch.zeros(len(chunk) * n_items, dtype=torch.long),
+            ],
+            1,
+        )
+        scores = torch.from_numpy(score_pairs(pairs)).view(len(chunk), n_items)
+        per_user, top = rank_metrics(scores, seen[chunk], relevant[chunk], ks)
+        for name, values in per_user.items():
+            sums[name] = sums.get(name, 0.0) + float(values.sum())
+        for k in ks:
+            recommended[k][top[:, :k].reshape(-1)] = True
+            pop_sum[k] += float(popularity[top[:, :k]].sum())
+    n = max(len(users), 1)
+    out = {name: total / n for name, total in sums.items()}
+    mean_popularity = float(popularity.mean()) or 1.0
+    for k in ks:
+        out[f"coverage_at_{k}"] = float(recommended[k].double().mean())
+        out[f"popularity_at_{k}"] = pop_sum[k] / (n * k) / mean_popularity
+    out["ranking_users"] = float(len(users))
+    return out

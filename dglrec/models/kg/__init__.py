@@ -1,0 +1,1 @@
+"""Knowledge-graph recommenders and KG embeddings."""

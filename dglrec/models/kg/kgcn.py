@@ -1,0 +1,216 @@
+"""KGCN: Knowledge Graph Convolutional Networks for Recommender Systems.
+
+Wang, Zhao, Xie, Li, Guo. WWW 2019. https://arxiv.org/abs/1904.12575
+(reference code: https://github.com/hwwang55/KGCN).
+
+For a user ``u`` and an entity ``v`` with sampled in-neighbours ``N(v)``
+(reached through relations ``r_{v,e}``):
+
+.. math::
+
+    π^u_r = e_u^⊤ e_r, \\qquad
+    \\tilde π^u_{r_{v,e}} = \\operatorname{softmax}_{e ∈ N(v)} π^u_{r_{v,e}}, \\qquad
+    e^u_{N(v)} = \\sum_{e ∈ N(v)} \\tilde π^u_{r_{v,e}}\\, h_e
+
+and one of three aggregators produces the next representation of ``v``:
+
+.. math::
+
+    \\text{sum:}\\; σ(W(h_v + e^u_{N(v)}) + b) \\quad
+    \\text{concat:}\\; σ(W[h_v \\,\\|\\, e^u_{N(v)}] + b) \\quad
+    \\text{neighbor:}\\; σ(W e^u_{N(v)} + b)
+
+with ``σ = ReLU`` in every layer but the last, which uses ``tanh``. After ``H``
+layers (hops) the score is :math:`\\hat y_{uv} = \\mathrm{sigmoid}(e_u^⊤ h^{(H)}_v)`.
+Each layer has its own weights. Embeddings and weights use Glorot-uniform
+initialisation, as the reference code does.
+
+The model consumes user-conditioned blocks (:mod:`dglrec.sampling.blocks`): every
+block node is a ``(user, entity)`` state, so the softmax above runs per
+destination state with :func:`dgl.nn.functional.edge_softmax`.
+
+Args:
+    n_users: number of users.
+    n_entities: number of KG entities (items included).
+    n_relations: number of relation types.
+    dim: embedding size ``d``.
+    n_layers: number of hops ``H``; must match the sampler's block count.
+    aggregator: ``"sum"``, ``"concat"`` or ``"neighbor"``.
+
+Shapes:
+    input: ``H`` conditioned blocks and ``pair_index`` ``[n_pairs]``;
+    output: :class:`~dglrec.models.base.ScoreOutput` with logits ``[n_pairs]``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import dgl
+import dgl.function as fn
+import torch
+from dgl.nn.functional import edge_softmax
+from torch import nn
+
+from dglrec.models.base import ScoreOutput, half_sq
+from dglrec.models.registry import register_model
+
+AGGREGATORS = ("sum", "concat", "neighbor")
+
+
+class UserRelationAttention(nn.Module):
+    """``e^u_{N(v)}``: neighbours weighted by the softmax of ``e_u · e_r`` per destination state.
+
+    Shared by the KGCN family; a subclass may change :meth:`edge_scores`.
+    """
+
+    def edge_scores(
+        self, block: dgl.DGLGraph, user: torch.Tensor, rel: torch.Tensor
+    ) -> torch.Tensor:
+        """``[E]`` unnormalised score of each edge: ``e_u · e_r`` with ``u`` the edge's user."""
+        with block.local_scope():
+            block.dstdata["u"] = user
+            block.edata["r"] = rel
+            block.apply_edges(fn.e_dot_v("r", "u", "s"))
+            return block.edata["s"].squeeze(-1)
+
+    def forward(
+        self, block: dgl.DGLGraph, h_src: torch.Tensor, user: torch.Tensor, rel: torch.Tensor
+    ) -> torch.Tensor:
+        """``[num_dst, d]`` attention-weighted neighbourhood of each destination state."""
+        with block.local_scope():
+            block.edata["a"] = edge_softmax(block, self.edge_scores(block, user, rel)).unsqueeze(-1)
+            block.srcdata["h"] = h_src
+            block.update_all(fn.u_mul_e("h", "a", "m"), fn.sum("m", "n"))
+            return block.dstdata["n"]
+
+
+class KGCNAggregator(nn.Module):
+    """One KGCN layer's aggregator: sum, concat or neighbor (see the module docstring)."""
+
+    def __init__(self, dim: int, kind: str, last: bool):
+        super().__init__()
+        if kind not in AGGREGATORS:
+            raise ValueError(f"aggregator must be one of {AGGREGATORS}, got {kind!r}")
+        self.kind = kind
+        self.linear = nn.Linear(2 * dim if kind == "concat" else dim, dim)
+        self.activation = torch.tanh if last else torch.relu
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.xavier_uniform_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, h_dst: torch.Tensor, neighborhood: torch.Tensor) -> torch.Tensor:
+        if self.kind == "sum":
+            x = h_dst + neighborhood
+        elif self.kind == "concat":
+            x = torch.cat([h_dst, neighborhood], dim=-1)
+        else:
+            x = neighborhood
+        return self.activation(self.linear(x))
+
+
+@register_model("kgcn", kge_init=True, importance_sampling=True, explains=True)
+class KGCN(nn.Module):
+    def __init__(
+        self,
+        n_users: int,
+        n_entities: int,
+        n_relations: int,
+        dim: int = 16,
+        n_layers: int = 1,
+        aggregator: Literal["sum", "concat", "neighbor"] = "sum",
+    ):
+        super().__init__()
+        if n_layers < 1:
+            raise ValueError("n_layers must be >= 1")
+        self.n_layers = n_layers
+        self.user_emb = nn.Embedding(n_users, dim)
+        self.entity_emb = nn.Embedding(n_entities, dim)
+        self.relation_emb = nn.Embedding(n_relations, dim)
+        self.attention = UserRelationAttention()
+        self.aggregators = nn.ModuleList(
+            KGCNAggregator(dim, aggregator, last=i == n_layers - 1) for i in range(n_layers)
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for table in (self.user_emb, self.entity_emb, self.relation_emb):
+            nn.init.xavier_uniform_(table.weight)
+        for layer in self.aggregators:
+            layer.reset_parameters()
+
+    def item_representations(self, blocks: list[dgl.DGLGraph]) -> torch.Tensor:
+        """``[num_dst, d]``: ``h^{(H)}`` of ``blocks[-1]``'s destination states."""
+        if len(blocks) != len(self.aggregators):
+            raise ValueError(
+                f"KGCN has {len(self.aggregators)} layers but got {len(blocks)} blocks"
+            )
+        h = self.entity_emb(blocks[0].srcdata["node"])
+        for block, aggregator in zip(blocks, self.aggregators, strict=True):
+            user = self.user_emb(block.dstdata["user"])
+            rel = self.relation_emb(block.edata["rel"])
+            neighborhood = self.attention(block, h, user, rel)
+            h = aggregator(h[: block.num_dst_nodes()], neighborhood)
+        return h
+
+    @property
+    def n_blocks(self) -> int:
+        """How many blocks (hops) the sampler draws for this model."""
+        return self.n_layers
+
+    def importance_scores(self, users: torch.Tensor, relations: torch.Tensor) -> torch.Tensor:
+        """KAISG's importance ``s(u, r) = sigmoid(e_u · e_r)`` from the current tables."""
+        user = self.user_emb.weight[users.to(self.user_emb.weight.device)]
+        relation = self.relation_emb.weight[relations.to(self.user_emb.weight.device)]
+        return torch.sigmoid((user * relation).sum(-1))
+
+    def forward(self, blocks: list[dgl.DGLGraph], pair_index: torch.Tensor) -> ScoreOutput:
+        item_h = self.item_representations(blocks)
+        user = self.user_emb(blocks[-1].dstdata["user"])
+        logits = (user * item_h).sum(-1)[pair_index]
+        matrices = half_sq(
+            *(m.weight for m in self.aggregators.modules() if isinstance(m, nn.Linear))
+        )
+        tables = half_sq(self.user_emb.weight, self.entity_emb.weight, self.relation_emb.weight)
+        # Rows this batch used: its users, every entity state's entity, its relations.
+        used_entities = torch.unique(torch.cat([b.srcdata["node"] for b in blocks]))
+        used_relations = torch.unique(torch.cat([b.edata["rel"] for b in blocks]))
+        rows = half_sq(
+            self.user_emb(torch.unique(blocks[-1].dstdata["user"])),
+            self.entity_emb(used_entities),
+            self.relation_emb(used_relations),
+        )
+        return ScoreOutput(logits=logits, l2=tables + matrices, l2_batch=rows + matrices)
+
+    @torch.no_grad()
+    def explain(self, block: dgl.DGLGraph) -> torch.Tensor:
+        """``[E]`` first-hop attention ``\\tilde π^u_{r_{v,e}}`` of each edge of a user block.
+
+        The weights with which each destination state (a user's item) averages its
+        KG neighbours: what ``dglrec recommend`` reports as the reason for an item.
+        """
+        user = self.user_emb(block.dstdata["user"])
+        rel = self.relation_emb(block.edata["rel"])
+        return edge_softmax(block, self.attention.edge_scores(block, user, rel))
+
+    @torch.no_grad()
+    def load_kge_embeddings(
+        self, entity: torch.Tensor, relation: torch.Tensor, rescale: bool = True
+    ) -> None:
+        """Start the entity and relation tables from pretrained ones (e.g. TransE).
+
+        With ``rescale``, each table is scaled to the RMS of this model's own
+        initialisation: directions (the KG structure) are kept, while the scale,
+        which TransE fixes at unit norm, matches what the rest of the model and
+        its L2 penalty were tuned for.
+        """
+        for table, values in ((self.entity_emb, entity), (self.relation_emb, relation)):
+            if values.shape != table.weight.shape:
+                raise ValueError(
+                    f"pretrained table {tuple(values.shape)} != {tuple(table.weight.shape)}"
+                )
+            if rescale:
+                values = values * (table.weight.pow(2).mean().sqrt() / values.pow(2).mean().sqrt())
+            table.weight.copy_(values)

@@ -1,0 +1,240 @@
+"""Recipe -> config -> dataset, model, sampler -> trainer -> MLflow, in one place.
+
+``dglrec fit`` and ``dglrec evaluate`` are thin wrappers around :func:`fit` and
+:func:`evaluate`; tests and benchmarks call :func:`build` directly.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data_prep.edge_dataset import EdgeRegressionDataset
+from data_prep.kg_dataset import KGRecDataset
+from dglrec.config import RecipeConfig, apply_overrides, parse_override
+from dglrec.data import load_dataset
+from dglrec.errors import ConfigError, RunError
+from dglrec.models.base import TrainingTensors
+from dglrec.models.registry import build_model, get_model
+from dglrec.runs import tracking
+from dglrec.runs.recipes import resolve
+from dglrec.sampling.blocks import PairSampler, build_sampler
+from dglrec.seeding import seed_everything
+from dglrec.training.ctr import CTRTrainer
+from dglrec.training.edge import EdgeRegressionTrainer
+from dglrec.training.kge import kge_trainer, pretrained_tables
+from dglrec.training.loop import EpochTrainer, FitResult
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Setup:
+    """What a recipe builds before training: the dataset, the model and its sampler."""
+
+    cfg: RecipeConfig
+    dataset: KGRecDataset | EdgeRegressionDataset
+    model: torch.nn.Module
+    sampler: PairSampler | None
+
+
+def build(cfg: RecipeConfig, dataset=None, log: Log = print) -> Setup:
+    """Dataset, model and sampler of a recipe; the seed is set before the model's init.
+
+    What the model is handed is read from its declared capabilities: its graph
+    metadata, the training data it binds, pretrained TransE tables
+    (``[model] init = "transe"``) and, for block models, the recipe's sampler.
+    """
+    capabilities = get_model(cfg.model_name).capabilities
+    edge_model = capabilities.task == "edge_regression"
+    if edge_model != (cfg.task.kind == "edge_regression"):
+        raise ConfigError(
+            f"model.name: {cfg.model_name} is {'an edge-regression' if edge_model else 'a CTR'} "
+            f"model but the recipe's task.kind is {cfg.task.kind!r}"
+        )
+    if cfg.model["init"] == "transe" and not capabilities.kge_init:
+        raise ConfigError(f"model.init: {cfg.model_name} cannot start from TransE tables")
+    dataset = dataset if dataset is not None else load_dataset(cfg, log)
+    seed_everything(cfg.seed)
+    graph_args = dataset.graph_args()
+    model = build_model(cfg.model_name, graph_args, cfg.model_kwargs)
+    if capabilities.binds == "training_edges":
+        train = dataset.edges_of("train")  # training scores only
+        users, items = dataset.user_item(train)
+        model.bind_training_edges(users, items, dataset.weight[train])
+    elif capabilities.binds == "training_data":
+        model.bind_training_data(training_tensors(dataset, cfg.seed))
+    if cfg.model["init"] == "transe":
+        dim = model.entity_emb.embedding_dim
+        entity, relation = pretrained_tables(dataset, cfg.pretrain, dim, cfg.seed, log)
+        model.load_kge_embeddings(entity, relation, rescale=cfg.pretrain.rescale)
+    if capabilities.task != "ctr":
+        return Setup(cfg, dataset, model, None)
+    return Setup(cfg, dataset, model, sampler_for(cfg, model))
+
+
+def training_tensors(dataset: KGRecDataset, seed: int) -> TrainingTensors:
+    """The training split, alignment and triples a model may see (never eval/test)."""
+    return TrainingTensors(
+        train_pairs=dataset.splits["train"],
+        item_entity=dataset.item_entity,
+        triples=dataset.kg_triples(),
+        n_entities=dataset.n_entities,
+        seed=seed,
+    )
+
+
+def sampler_for(cfg: RecipeConfig, model: torch.nn.Module) -> PairSampler:
+    """The recipe's sampler; models that read no KG blocks get id-only batches."""
+    if model.capabilities.inputs != "blocks":
+        return PairSampler(None)
+    # Blocks to sample: the model's hops, or more where it reads a wider field (KGNN-LS).
+    return build_sampler(cfg.sampler.kind, model.n_blocks, cfg.sampler.n_neighbors, model)
+
+
+def run_tags(cfg: RecipeConfig, dataset: KGRecDataset) -> dict:
+    tags = {
+        "model": cfg.model_name,
+        "recipe": recipe_label(cfg),
+        "dataset": cfg.data.name,
+        "protocol": dataset.meta["protocol"] + f"; epoch selected by eval {cfg.eval.select_metric}",
+        "sampler": cfg.sampler.kind,
+        "seed": str(cfg.seed),
+        "git_commit": tracking.git_commit(),
+    }
+    tags.update({f"data_sha256.{name}": sha for name, sha in dataset.meta["checksums"].items()})
+    return tags
+
+
+def recipe_label(cfg: RecipeConfig) -> str:
+    """What ``dglrec compare`` groups a run under: the recipe's name, else the model's."""
+    return cfg.tracking.recipe or cfg.model_name
+
+
+def fit(
+    cfg: RecipeConfig,
+    resume_run_id: str | None = None,
+    resume_state: dict | None = None,
+    log: Log = print,
+    parent_run_id: str | None = None,
+    extra_tags: dict[str, str] | None = None,
+) -> tuple[str, FitResult]:
+    """Train a recipe into an MLflow run, new or resumed from a checkpoint of that run.
+
+    ``extra_tags`` (e.g. a batch task and its Slurm job id) are set on new and resumed runs.
+    """
+    if resume_run_id is not None and resume_state is None:
+        resume_state = load_checkpoint(resume_run_id)
+    setup = build(cfg, log=log)
+    with tracking.MlflowRun(
+        cfg.tracking.experiment or cfg.data.name,
+        run_name=cfg.tracking.run_name or f"{cfg.model_name}-s{cfg.seed}",
+        run_id=resume_run_id,
+        parent_run_id=parent_run_id,
+    ) as run:
+        log(f"MLflow run {run.run_id} ({tracking.configure()})")
+        if resume_run_id is None:
+            run.log_params(cfg.flat())
+            run.set_tags(run_tags(cfg, setup.dataset))
+            run.log_text(cfg.to_toml(), "recipe.toml")
+            run.log_metrics({f"data_{k}": v for k, v in setup.dataset.meta["stats"].items()})
+        if extra_tags:
+            run.set_tags(extra_tags)
+        trainer = trainer_for(setup, run, log)
+        result = trainer.fit(resume=resume_state)
+        if isinstance(trainer, CTRTrainer):
+            log_test_predictions(trainer, run)
+        run.log_metrics({f"test_{k}": v for k, v in result.test.items()})
+        run.log_metrics({"best_epoch": result.best_epoch})
+        run.log_metrics({f"best_eval_{k}": v for k, v in result.best_eval.items()})
+        if cfg.tracking.log_model:
+            run.log_model(setup.model)
+        return run.run_id, result
+
+
+PREDICTIONS_ARTIFACT = "predictions/test.npz"
+
+
+def log_test_predictions(trainer: CTRTrainer, run: tracking.MlflowRun) -> None:
+    """The best model's test predictions (``user, item, label, score``): ROC curves need them."""
+    pairs = trainer.dataset.splits["test"]
+    # final_test has scored the best model on test already (same sampling seed, same scores).
+    scores = trainer.last_predictions.get("test")
+    if scores is None:
+        scores = trainer.predict(pairs)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(PREDICTIONS_ARTIFACT).name
+        np.savez_compressed(
+            path,
+            user=pairs[:, 0].numpy(),
+            item=pairs[:, 1].numpy(),
+            label=pairs[:, 2].numpy(),
+            score=scores,
+        )
+        run.log_artifact(path, str(Path(PREDICTIONS_ARTIFACT).parent))
+
+
+def trainer_for(setup: Setup, tracker=None, log: Log = print) -> EpochTrainer:
+    """The model's task's trainer: CTR, edge regression or KGE (one loop, other steps)."""
+    task = setup.model.capabilities.task
+    if task == "edge_regression":
+        return EdgeRegressionTrainer(setup.model, setup.dataset, setup.cfg, tracker, log)
+    if task == "kge":
+        return kge_trainer(setup.cfg, setup.dataset, setup.model, tracker, log)
+    return CTRTrainer(setup.model, setup.dataset, setup.sampler, setup.cfg, tracker, log)
+
+
+def load_checkpoint(run_id: str, name: str = "last.pt") -> dict:
+    path = tracking.download_artifact(run_id, f"checkpoints/{name}")
+    return torch.load(path, map_location="cpu")
+
+
+# What a resumed run may change: how long it goes on, nothing that alters its results so far.
+RESUME_OVERRIDES = ("train.epochs", "train.patience")
+
+
+def resume_point(run_id: str, overrides: list[str] | None = None) -> tuple[RecipeConfig, dict]:
+    """The recipe and last checkpoint of a run; ``overrides`` may extend ``train.epochs``."""
+    overrides = list(overrides or [])
+    for item in overrides:
+        key, _ = parse_override(item)
+        if key not in RESUME_OVERRIDES:
+            raise ConfigError(
+                f"--set {key}: a resumed run keeps its recipe; only "
+                f"{', '.join(RESUME_OVERRIDES)} may change"
+            )
+    state = load_checkpoint(run_id)
+    raw = apply_overrides(copy.deepcopy(state["config"]), overrides)
+    return resolve(raw), state
+
+
+def config_of_run(run_id: str) -> RecipeConfig:
+    """The resolved recipe a run was trained with (its ``recipe.toml`` artifact)."""
+    text = tracking.download_artifact(run_id, "recipe.toml").read_text()
+    return resolve(tomllib.loads(text))
+
+
+def evaluate(run_id: str, log: Log = print) -> dict:
+    """Reload a run's logged model and re-score its test split.
+
+    Returns ``{"test": metrics now, "logged": metrics the run logged}``.
+    """
+    _, logged_metrics, _ = tracking.get_run(run_id)
+    cfg = config_of_run(run_id)
+    if not any(key.startswith("test_") for key in logged_metrics):
+        raise RunError(f"run {run_id} has no test metrics (did it finish?)")
+    model = tracking.load_model(run_id)
+    dataset = load_dataset(cfg, log)
+    cfg.train.device = "cpu"
+    sampler = None if cfg.task.kind == "edge_regression" else sampler_for(cfg, model)
+    trainer = trainer_for(Setup(cfg, dataset, model, sampler), log=log)
+    test = trainer.evaluate("test")
+    logged = {k[len("test_") :]: v for k, v in logged_metrics.items() if k.startswith("test_")}
+    return {"test": test, "logged": logged}

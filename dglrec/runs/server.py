@@ -1,0 +1,75 @@
+"""`dglrec ui` (the MLflow UI on the project's runs) and `dglrec server` (a team tracking server).
+
+Both start MLflow's own server; dglrec only fills in the store so that the UI
+shows exactly the runs ``dglrec fit`` logged:
+
+* ``dglrec ui``: the local store (``sqlite:///<cwd>/mlruns/mlflow.db``, artifacts
+  under ``mlruns/``) or ``$MLFLOW_TRACKING_URI`` when it names a database, on
+  127.0.0.1. When ``$MLFLOW_TRACKING_URI`` already is a server (http...), there is
+  nothing to start: its address is printed.
+* ``dglrec server``: a team tracking server. The backend store is a database
+  (PostgreSQL in production, e.g. ``postgresql+psycopg2://user:pw@db/mlflow``; SQLite for
+  one machine), artifacts are proxied by the server (``--artifacts-destination``,
+  a directory or an object store), so jobs need only ``MLFLOW_TRACKING_URI``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from dglrec.errors import ConfigError
+from dglrec.runs.tracking import LOCAL_STORE, local_store_uri
+
+
+def mlflow_executable() -> list[str]:
+    """``mlflow`` beside this interpreter (the venv's), else on PATH, else ``python -m``."""
+    beside = Path(sys.executable).with_name("mlflow")
+    if beside.is_file():
+        return [str(beside)]
+    found = shutil.which("mlflow")
+    return [found] if found else [sys.executable, "-m", "mlflow"]
+
+
+def ui_command(host: str = "127.0.0.1", port: int = 5000) -> list[str] | str:
+    """The ``mlflow ui`` command line for the project's store, or the server URL to open."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if uri.startswith(("http://", "https://")):
+        return uri
+    backend = uri or local_store_uri()
+    command = [*mlflow_executable(), "ui", "--backend-store-uri", backend]
+    if not uri:  # new experiments' artifacts next to the database, as dglrec fit puts them
+        command += ["--default-artifact-root", (LOCAL_STORE / "artifacts").resolve().as_uri()]
+    return command + ["--host", host, "--port", str(port)]
+
+
+def server_command(
+    backend_store_uri: str | None,
+    artifacts_destination: str | None,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    workers: int | None = None,
+) -> list[str]:
+    """The ``mlflow server`` command line of a shared tracking server with proxied artifacts."""
+    backend = backend_store_uri or local_store_uri()
+    if backend.startswith(("http://", "https://")):
+        raise ConfigError(f"--backend-store-uri {backend}: expected a database URI, not a server")
+    destination = artifacts_destination or (LOCAL_STORE / "artifacts").resolve().as_uri()
+    command = [
+        *mlflow_executable(),
+        "server",
+        "--backend-store-uri",
+        backend,
+        "--serve-artifacts",
+        "--artifacts-destination",
+        destination,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    if workers:
+        command += ["--workers", str(workers)]
+    return command

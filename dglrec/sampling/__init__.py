@@ -1,0 +1,1 @@
+"""Blocks and samples the models consume: user-conditioned KG blocks, ripple sets, negatives."""

@@ -1,0 +1,325 @@
+"""Neighbourhood samplers and user-conditioned blocks.
+
+How a batch of (user, item) pairs becomes blocks
+-------------------------------------------------
+KG models in the KGCN family weight each neighbour by a *user*-dependent score
+π(u, r), so an item's representation depends on who asks. One DGL block per
+layer over the unique items is therefore not enough: the same item seen with
+two users must be aggregated twice. dglrec does it in two steps.
+
+1. A DGL block sampler (:class:`dgl.dataloading.MultiLayerFullNeighborSampler`,
+   :class:`FixedSizeNeighborSampler`, ...) samples ``n_layers`` blocks over the
+   undirected KG for the batch's unique item entities, exactly as for any DGL
+   model: ``blocks[-1]``'s destination nodes are the items, and the source nodes
+   of block ``l`` are the destination nodes of block ``l - 1``.
+2. :func:`condition_on_users` rewrites those blocks so that every node becomes a
+   *state* ``(user, node)``. Walking from the output block down, the states of
+   block ``l``'s destinations are the unique ``(user, item)`` pairs (then the
+   source states of the block above); each destination state ``(u, d)`` takes
+   every in-edge ``s -> d`` of the sampled block as an edge ``(u, s) -> (u, d)``
+   with the same relation id. As in DGL blocks, destination states are the
+   first ``num_dst_nodes`` source states, so ``h[:block.num_dst_nodes()]`` is
+   the destinations' own representation.
+
+The result is a list of ordinary DGL blocks with
+
+* ``srcdata["node"]``/``dstdata["node"]``: global entity id of each state;
+* ``srcdata["user"]``/``dstdata["user"]``: the user each state belongs to;
+* ``edata["rel"]``: the relation id of each edge;
+
+and ``pair_index`` mapping pair ``p`` of the batch to its destination state in
+``blocks[-1]``. A model runs standard DGL message passing on them (edge softmax
+per destination state, ``update_all``) and reads pair scores as
+``score[pair_index]``. Everything is vectorised: no Python loop runs per pair,
+node or edge. Pairs that share a user and an item share one state.
+
+``edge_filter`` lets a sampler prune each destination state's in-edges as the
+blocks are conditioned (:class:`ImportanceTopK` keeps the K best edges for that
+user); pruned edges' sources are never expanded further down.
+
+Samplers as the recipe names them (``[sampler] kind``) are :class:`PairSampler`
+objects: a DGL block sampler plus an optional edge filter built from the model's
+current embeddings at every step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import dgl
+import torch
+from dgl.dataloading import BlockSampler, MultiLayerFullNeighborSampler
+
+from dglrec.errors import ConfigError
+
+# (user, relation, destination state, source entity) of each candidate edge -> keep mask
+EdgeFilter = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class FixedSizeNeighborSampler(BlockSampler):
+    """KGCN's fixed-size uniform neighbourhood: exactly ``K`` in-edges per node.
+
+    A node with at least ``K`` in-neighbours gets ``K`` of them drawn without
+    replacement; one with fewer gets ``K`` draws with replacement (KGCN's rule, so
+    low-degree nodes still receive ``K`` messages); an isolated node gets none.
+    Edge data (``rel``) is carried into the blocks.
+
+    The draws use torch's global generator (seeded by the trainer), not DGL's
+    per-thread generators, whose streams depend on the number of OpenMP threads:
+    a seed gives the same sample on any machine and thread count.
+
+    Args:
+        n_neighbors: ``K``.
+        n_layers: number of blocks (hops).
+    """
+
+    def __init__(self, n_neighbors: int, n_layers: int):
+        super().__init__()
+        if n_neighbors < 1 or n_layers < 1:
+            raise ValueError("n_neighbors and n_layers must be >= 1")
+        self.n_neighbors = n_neighbors
+        self.n_layers = n_layers
+
+    def sample_edges(self, g: dgl.DGLGraph, seeds: torch.Tensor) -> torch.Tensor:
+        """Edge ids of ``g`` drawn for ``seeds``: ``K`` per seed with in-edges."""
+        k = self.n_neighbors
+        indptr, _, eids = g.adj_tensors("csc")
+        start = indptr[seeds]
+        degree = indptr[seeds + 1] - start
+        rich = degree >= k
+        poor = (degree > 0) & ~rich
+        # Without replacement: a random key per candidate edge, keep each node's k smallest.
+        rich_start, rich_degree = start[rich], degree[rich]
+        segment = torch.repeat_interleave(torch.arange(len(rich_start)), rich_degree)
+        first = torch.cumsum(rich_degree, 0) - rich_degree
+        order = torch.argsort(segment.double() + torch.rand(len(segment), dtype=torch.float64))
+        rank = torch.arange(len(segment)) - first[segment]  # position after sorting
+        slot = rich_start[segment] + (order - first[segment])
+        chosen_rich = slot[rank < k]
+        # With replacement: k uniform offsets into each node's in-edges.
+        poor_start, poor_degree = start[poor], degree[poor]
+        offsets = (torch.rand(len(poor_start), k) * poor_degree[:, None]).long()
+        chosen_poor = (poor_start[:, None] + offsets).reshape(-1)
+        return eids[torch.cat([chosen_rich, chosen_poor])]
+
+    def sample_blocks(self, g, seed_nodes, exclude_eids=None):
+        output_nodes = seed_nodes
+        blocks = []
+        for _ in range(self.n_layers):
+            eids = self.sample_edges(g, seed_nodes)
+            src, dst = g.find_edges(eids)
+            frontier = dgl.graph((src, dst), num_nodes=g.num_nodes())
+            for key, value in g.edata.items():
+                frontier.edata[key] = value[eids]
+            block = dgl.to_block(frontier, seed_nodes)
+            # to_block reorders edges and records frontier edge ids; map them back to g's.
+            block.edata[dgl.EID] = eids[block.edata[dgl.EID]]
+            seed_nodes = block.srcdata[dgl.NID]
+            blocks.insert(0, block)
+        return seed_nodes, output_nodes, blocks
+
+
+def top_k_per_group(
+    group: torch.Tensor, score: torch.Tensor, tie: torch.Tensor, k: int
+) -> torch.Tensor:
+    """Mask of the ``k`` highest-``score`` members of each group; ties go to the smaller ``tie``.
+
+    Three stable sorts (by ``tie``, then ``-score``, then ``group``) order each group
+    best first; members whose rank in their group is below ``k`` are kept.
+    """
+    order = torch.argsort(tie, stable=True)
+    order = order[torch.argsort(-score[order], stable=True)]
+    order = order[torch.argsort(group[order], stable=True)]
+    sorted_group = group[order]
+    size = torch.bincount(sorted_group)
+    first = torch.cumsum(size, 0) - size
+    rank = torch.arange(len(order)) - first[sorted_group]
+    keep = torch.zeros(len(order), dtype=torch.bool)
+    keep[order[rank < k]] = True
+    return keep
+
+
+class ImportanceTopK:
+    """Edge filter keeping, per (user, destination) state, the ``k`` in-edges of highest importance.
+
+    Importance is the model's ``importance_scores(users, relations)`` (KAISG's
+    ``s(u, r) = sigmoid(e_u · e_r)``) of the state's user and the edge's relation,
+    read from the model at call time (no gradient). Ties, frequent since
+    the score depends on the relation only, go to the neighbour with the smaller
+    entity id; a node with fewer than ``k`` neighbours keeps them all.
+    """
+
+    def __init__(self, k: int, model: torch.nn.Module):
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        self.k = k
+        self.model = model
+
+    @torch.no_grad()
+    def __call__(self, users, relations, dst_state, src_entity) -> torch.Tensor:
+        score = self.model.importance_scores(users, relations).cpu()
+        return top_k_per_group(dst_state, score, src_entity, self.k)
+
+
+class PairSampler:
+    """What ``[sampler] kind`` names: pairs -> :class:`PairBatch`.
+
+    Args:
+        block_sampler: the DGL block sampler over the KG; ``None`` for models that
+            need no KG blocks (batches then carry only users, items and labels).
+        importance_k: if set, prune every state's in-edges to the top-k by
+            importance for its user (:class:`ImportanceTopK`).
+    """
+
+    def __init__(self, block_sampler: BlockSampler | None, importance_k: int | None = None):
+        self.block_sampler = block_sampler
+        self.importance_k = importance_k
+
+    def sample(
+        self,
+        kg: dgl.DGLGraph,
+        pairs: torch.Tensor,
+        item_entity: torch.Tensor,
+        model: torch.nn.Module | None = None,
+    ) -> PairBatch:
+        if self.block_sampler is None:  # models that score (user, item) without the KG
+            users, items, labels = pairs.unbind(1)
+            return PairBatch(users, items, labels.float(), [], torch.arange(len(pairs)))
+        edge_filter = None
+        if self.importance_k is not None:
+            edge_filter = ImportanceTopK(self.importance_k, model)
+        return make_pair_batch(kg, self.block_sampler, pairs, item_entity, edge_filter)
+
+
+SAMPLER_KINDS = ("uniform", "full", "importance_topk")
+
+
+def build_sampler(kind: str, n_layers: int, n_neighbors: int, model=None) -> PairSampler:
+    """The sampler named by ``[sampler] kind``.
+
+    * ``uniform``: KGCN's fixed-size sample (:class:`FixedSizeNeighborSampler`);
+    * ``full``: all neighbours (:class:`dgl.dataloading.MultiLayerFullNeighborSampler`);
+    * ``importance_topk``: all neighbours, then per user the ``n_neighbors`` most
+      important (KAISG); needs a model that declares ``importance_sampling``.
+    """
+    if kind == "full":
+        return PairSampler(MultiLayerFullNeighborSampler(n_layers))
+    if kind == "uniform":
+        return PairSampler(FixedSizeNeighborSampler(n_neighbors, n_layers))
+    if kind == "importance_topk":
+        if model is not None and not model.capabilities.importance_sampling:
+            raise ConfigError(
+                f"sampler.kind: 'importance_topk' needs a model that scores the importance "
+                f"of (user, relation); {type(model).__name__} does not"
+            )
+        return PairSampler(MultiLayerFullNeighborSampler(n_layers), importance_k=n_neighbors)
+    raise ConfigError(
+        f"sampler.kind: unknown sampler {kind!r}; allowed: {', '.join(SAMPLER_KINDS)}"
+    )
+
+
+def _unique_dst_first(dst_keys: torch.Tensor, edge_keys: torch.Tensor):
+    """Unique keys with ``dst_keys`` (already unique) first, in their order.
+
+    Returns ``(keys of the new states, state index of each edge key)``.
+    """
+    keys, inverse = torch.unique(torch.cat([dst_keys, edge_keys]), return_inverse=True)
+    n_dst = len(dst_keys)
+    is_dst = torch.zeros(len(keys), dtype=torch.bool)
+    is_dst[inverse[:n_dst]] = True
+    order = torch.cat([inverse[:n_dst], torch.nonzero(~is_dst, as_tuple=True)[0]])
+    new_id = torch.empty_like(order)
+    new_id[order] = torch.arange(len(order))
+    return keys[order], new_id[inverse[n_dst:]]
+
+
+def condition_on_users(
+    blocks: list[dgl.DGLGraph],
+    pair_users: torch.Tensor,
+    pair_seed_pos: torch.Tensor,
+    edge_filter: EdgeFilter | None = None,
+) -> tuple[list[dgl.DGLGraph], torch.Tensor]:
+    """Rewrite sampled blocks into user-conditioned blocks (see the module docstring).
+
+    Args:
+        blocks: blocks from a DGL block sampler, input side first.
+        pair_users: ``[n_pairs]`` user of each pair.
+        pair_seed_pos: ``[n_pairs]`` position of each pair's item among
+            ``blocks[-1]``'s destination nodes.
+        edge_filter: optional pruning of candidate edges per destination state.
+
+    Returns:
+        ``(conditioned blocks, pair_index)`` with ``pair_index`` of shape ``[n_pairs]``.
+    """
+    n_top = blocks[-1].num_dst_nodes()
+    keys, pair_index = torch.unique(pair_users * n_top + pair_seed_pos, return_inverse=True)
+    state_user, state_node = keys // n_top, keys % n_top
+    conditioned = []
+    for block in reversed(blocks):
+        indptr, indices, eids = block.adj_tensors("csc")
+        n_src = block.num_src_nodes()
+        n_states = len(state_node)
+        # Expand each destination state into the in-edges of its node.
+        state_degree = indptr[state_node + 1] - indptr[state_node]
+        edge_state = torch.repeat_interleave(torch.arange(n_states), state_degree)
+        first = torch.cumsum(state_degree, 0) - state_degree
+        slot = indptr[state_node][edge_state] + torch.arange(len(edge_state)) - first[edge_state]
+        edge_src, edge_id = indices[slot], eids[slot]
+        edge_rel = block.edata["rel"][edge_id]
+        if edge_filter is not None:
+            src_entity = block.srcdata[dgl.NID][edge_src]
+            keep = edge_filter(state_user[edge_state], edge_rel, edge_state, src_entity)
+            edge_state, edge_src, edge_rel = edge_state[keep], edge_src[keep], edge_rel[keep]
+        # Source states: destination states first (self features), then new ones.
+        src_keys, edge_src_state = _unique_dst_first(
+            state_user * n_src + state_node, state_user[edge_state] * n_src + edge_src
+        )
+        src_user, src_node = src_keys // n_src, src_keys % n_src
+        cblock = dgl.create_block(
+            (edge_src_state, edge_state), num_src_nodes=len(src_keys), num_dst_nodes=n_states
+        )
+        cblock.edata["rel"] = edge_rel
+        global_src = block.srcdata[dgl.NID][src_node]
+        cblock.srcdata["node"] = global_src
+        cblock.srcdata["user"] = src_user
+        cblock.dstdata["node"] = global_src[:n_states]
+        cblock.dstdata["user"] = src_user[:n_states]
+        conditioned.insert(0, cblock)
+        state_user, state_node = src_user, src_node
+    return conditioned, pair_index
+
+
+@dataclass
+class PairBatch:
+    """A batch of labelled (user, item) pairs with their conditioned blocks."""
+
+    users: torch.Tensor
+    items: torch.Tensor
+    labels: torch.Tensor
+    blocks: list[dgl.DGLGraph]
+    pair_index: torch.Tensor
+
+    def to(self, device: torch.device | str) -> PairBatch:
+        return PairBatch(
+            self.users.to(device),
+            self.items.to(device),
+            self.labels.to(device),
+            [b.to(device) for b in self.blocks],
+            self.pair_index.to(device),
+        )
+
+
+def make_pair_batch(
+    kg: dgl.DGLGraph,
+    sampler: BlockSampler,
+    pairs: torch.Tensor,
+    item_entity: torch.Tensor,
+    edge_filter: EdgeFilter | None = None,
+) -> PairBatch:
+    """Sample and condition the blocks for ``pairs`` (``[n, 3]``: user, item, label)."""
+    users, items, labels = pairs[:, 0], pairs[:, 1], pairs[:, 2]
+    seeds, seed_pos = torch.unique(item_entity[items], return_inverse=True)
+    _, _, blocks = sampler.sample(kg, seeds)
+    cblocks, pair_index = condition_on_users(blocks, users, seed_pos, edge_filter)
+    return PairBatch(users, items, labels.float(), cblocks, pair_index)
