@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from dglrec.errors import DglrecError
+from dglrec.errors import USER_ERRORS
 
 
 def _echo(message: str) -> None:
@@ -20,7 +20,7 @@ class FriendlyGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except DglrecError as exc:
+        except USER_ERRORS as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
 
@@ -167,7 +167,7 @@ def fit(recipe, overrides, seed, resume_run_id, seeds) -> None:
                 "continue with `dglrec fit --resume RUN_ID`"
             )
             sys.exit(130)
-    from dglrec.training.ctr import describe
+    from dglrec.training.loop import describe
 
     click.echo(f"run {run_id}: best epoch {result.best_epoch}, test {describe(result.test)}")
 
@@ -254,19 +254,18 @@ def sweep(recipe, overrides, seed, workers, cluster, **resources) -> None:
 
 
 def _submit(cfg, kind: str, seeds: list[int] | None = None) -> None:
-    from dglrec.runs import groups as batch
-    from dglrec.runs import slurm
+    from dglrec.runs import groups, slurm
 
-    submission = batch.create(cfg, kind, seeds, extra_tags={"cluster": "slurm"})
+    submission = groups.create(cfg, kind, seeds, extra_tags={"cluster": "slurm"})
     jobs = slurm.submit(submission, cfg.cluster)
-    click.echo(f"batch {submission.id}: {len(submission.tasks)} task(s) in {submission.directory}")
+    click.echo(f"group {submission.id}: {len(submission.tasks)} task(s) in {submission.directory}")
     click.echo(f"array job {jobs['array']} (tasks {jobs['array']}_0..{len(submission.tasks) - 1})")
     if "finalize" in jobs:
         click.echo(
             f"finalize job {jobs['finalize']} (after the array); parent run "
             f"{submission.parent_run_id}"
         )
-    click.echo(f"follow with: dglrec jobs --batch {submission.id}")
+    click.echo(f"follow with: dglrec jobs --group {submission.id}")
 
 
 @main.command()
@@ -300,8 +299,10 @@ def submit(recipe, overrides, seed, cluster, seeds, **resources) -> None:
 
 @main.command()
 @click.option("--jobs-dir", default="jobs", show_default=True, help="[cluster] jobs_dir.")
-@click.option("--batch", "only", metavar="BATCH|ARRAY_JOB_ID", help="Only this submission.")
-@click.option("--cancel", metavar="BATCH|JOB_ID", help="Cancel a submission or one job.")
+@click.option(
+    "--group", "--group", "only", metavar="GROUP|ARRAY_JOB_ID", help="Only this submission."
+)
+@click.option("--cancel", metavar="GROUP|JOB_ID", help="Cancel a submission or one job.")
 def jobs(jobs_dir, only, cancel) -> None:
     """List submitted jobs: Slurm state, MLflow run and its eval metric; or cancel them."""
     from dglrec.runs import slurm
@@ -311,11 +312,11 @@ def jobs(jobs_dir, only, cancel) -> None:
         return
     rows = slurm.job_table(jobs_dir, only)
     if not rows:
-        click.echo(f"no submitted batches under {jobs_dir}/")
+        click.echo(f"no submitted groups under {jobs_dir}/")
         return
-    header = ("batch", "task", "job", "state", "run", "run status", "eval")
+    header = ("group", "task", "job", "state", "run", "run status", "eval")
     table = [header] + [
-        (r.batch, str(r.task), r.job, r.state, r.run_id, r.run_status, r.metric) for r in rows
+        (r.group, str(r.task), r.job, r.state, r.run_id, r.run_status, r.metric) for r in rows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
@@ -323,22 +324,22 @@ def jobs(jobs_dir, only, cancel) -> None:
 
 
 @main.command(hidden=True)
-@click.argument("batch_dir", type=click.Path(file_okay=False))
+@click.argument("group_dir", type=click.Path(file_okay=False))
 @click.option("--index", type=int, help="The task to run.")
-@click.option("--finalize", is_flag=True, help="Close the batch's parent run.")
-def task(batch_dir, index, finalize) -> None:
-    """Run one task of a batch (what workers and Slurm jobs execute)."""
+@click.option("--finalize", is_flag=True, help="Close the group's parent run.")
+def task(group_dir, index, finalize) -> None:
+    """Run one task of a group (what workers and Slurm jobs execute)."""
     import os
     import signal
     import subprocess
 
-    from dglrec.runs.groups import Batch, run_task
+    from dglrec.runs.groups import RunGroup, run_task
     from dglrec.runs.groups import finalize as close
 
-    batch = Batch.load(batch_dir)
+    group = RunGroup.load(group_dir)
     if finalize:
-        out = close(batch, log=_echo)
-        click.echo(f"batch {batch.id}: {len(out['runs'])} finished, failed tasks {out['failed']}")
+        out = close(group, log=_echo)
+        click.echo(f"group {group.id}: {len(out['runs'])} finished, failed tasks {out['failed']}")
         return
     if index is None:
         raise click.UsageError("give --index I or --finalize")
@@ -352,7 +353,7 @@ def task(batch_dir, index, finalize) -> None:
     signal.signal(signal.SIGUSR1, stop_after_this_batch)  # Slurm: time limit in requeue_grace s
     signal.signal(signal.SIGTERM, stop_after_this_batch)  # preempted, requeued or cancelled
     try:
-        run_id = run_task(batch, index, log=_echo)
+        run_id = run_task(group, index, log=_echo)
     except KeyboardInterrupt:
         job = os.environ.get("SLURM_JOB_ID")
         if signal.SIGUSR1 in received and job:

@@ -128,6 +128,11 @@ def test_higher_is_better():
         "loss": False,
         "mse": False,
         "mae": False,
+        "mrr": True,
+        "mr": False,
+        "hits1": True,
+        "hits3": True,
+        "hits10": True,
     }
 
 

@@ -35,7 +35,7 @@ def _all_scores(run_id: str, user: int) -> tuple[torch.Tensor, torch.Tensor, obj
     model = tracking.load_model(run_id)
     dataset = pipeline.load_dataset(cfg, lambda _: None)
     trainer = pipeline.trainer_for(
-        pipeline.Experiment(cfg, dataset, model, pipeline.sampler_for(cfg, model))
+        pipeline.Setup(cfg, dataset, model, pipeline.sampler_for(cfg, model))
     )
     n = dataset.n_items
     pairs = torch.stack(

@@ -18,8 +18,7 @@ from click.testing import CliRunner
 
 from dglrec.cli import main
 from dglrec.config import ClusterConfig
-from dglrec.runs import groups as batches
-from dglrec.runs import slurm, tracking
+from dglrec.runs import groups, slurm, tracking
 from dglrec.runs.recipes import load_recipe
 from tests.conftest import tracking_server
 
@@ -32,7 +31,7 @@ def test_job_script_asks_for_the_resources_and_requeue(tiny_recipe, isolated):
         tiny_recipe,
         ["sweep.sampler.n_neighbors=[2, 4, 8]", "tracking.log_model=false"],
     )
-    job = batches.create(cfg, "sweep")
+    job = groups.create(cfg, "sweep")
     cluster = ClusterConfig(
         partition="gpu",
         time="02:00:00",
@@ -139,12 +138,12 @@ def test_a_sweep_runs_as_a_job_array_and_logs_to_the_server(tiny_recipe, on_clus
     )
     assert result.exit_code == 0, result.output
     (job_dir,) = (Path.cwd() / "jobs").iterdir()
-    job = batches.Batch.load(job_dir)
+    job = groups.RunGroup.load(job_dir)
     _wait_for_jobs(list(job.jobs.values()))
     wall = time.monotonic() - began
 
     _, parent_metrics, parent_tags = tracking.get_run(job.parent_run_id)
-    children = batches.task_runs(job)
+    children = groups.task_runs(job)
     assert sorted(children) == [0, 1, 2], (job_dir / "logs").iterdir()
     best = max(children.values(), key=lambda r: r.data.metrics["best_eval_auc"])
     assert parent_tags["best_run_id"] == best.info.run_id  # chosen on eval
@@ -176,7 +175,7 @@ def test_a_requeued_job_resumes_its_run_from_the_last_checkpoint(tiny_recipe, on
     )
     assert result.exit_code == 0, result.output
     (job_dir,) = (Path.cwd() / "jobs").iterdir()
-    job = batches.Batch.load(job_dir)
+    job = groups.RunGroup.load(job_dir)
     array_task = f"{job.jobs['array']}_0"
     log = job_dir / "logs" / f"{job.jobs['array']}_0.out"
     deadline = time.monotonic() + 600
@@ -190,7 +189,7 @@ def test_a_requeued_job_resumes_its_run_from_the_last_checkpoint(tiny_recipe, on
     subprocess.run(["scontrol", "requeue", array_task], check=True)
     _wait_for_jobs([job.jobs["array"]])
 
-    (run,) = batches.task_runs(job).values()
+    (run,) = groups.task_runs(job).values()
     text = log.read_text()
     assert "DUE TO JOB REQUEUE" in text
     assert f"task 0: resuming run {run.info.run_id} after epoch" in text

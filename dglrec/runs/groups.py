@@ -1,13 +1,13 @@
-"""Batches of fits (seeds, sweep trials) run by local worker processes or as a Slurm job array.
+"""Run groups of fits (seeds, sweep trials) run by local worker processes or as a Slurm job array.
 
-A batch is a directory ``<[cluster] jobs_dir>/<batch id>/`` holding the resolved
-recipe frozen when the batch was made (``recipe.toml``), its task list
-(``batch.json``) and the tasks' logs, plus a parent MLflow run (kind
+A group is a directory ``<[cluster] jobs_dir>/<group id>/`` holding the resolved
+recipe frozen when the group was made (``recipe.toml``), its task list
+(``group.json``) and the tasks' logs, plus a parent MLflow run (kind
 ``multi_seed`` or ``sweep``) created at once and closed by :func:`finalize`.
 
 Every task is the ordinary ``dglrec fit`` code path (:func:`dglrec.runs.pipeline.fit`)
 on the frozen recipe with the task's overrides. Its run carries the tag
-``dglrec.task = <batch id>/<index>``: a task that runs again (requeued by the
+``dglrec.task = <group id>/<index>``: a task that runs again (requeued by the
 scheduler after a time limit or preemption, or rerun by hand) finds its run and
 resumes it from its last checkpoint; a finished task is not run twice.
 """
@@ -20,6 +20,7 @@ import secrets
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,14 +34,16 @@ from dglrec.runs.seeds import summarize
 from dglrec.runs.sweep import best_record, expand, format_table
 
 Log = Callable[[str], None]
-BATCH_FILE = "batch.json"
+GROUP_FILE = "group.json"
+LEGACY_GROUP_FILE = "batch.json"  # written by dglrec 0.1.0
 RECIPE_FILE = "recipe.toml"
 TASK_TAG = "dglrec.task"
-BATCH_TAG = "dglrec.batch"
+GROUP_TAG = "dglrec.group"
+LEGACY_GROUP_TAG = "dglrec.batch"  # set by dglrec 0.1.0
 
 
 @dataclass
-class Batch:
+class RunGroup:
     id: str
     kind: str  # "multi_seed" | "sweep" | "single"
     directory: str
@@ -55,23 +58,25 @@ class Batch:
         return Path(self.directory)
 
     def save(self) -> None:
-        (self.path / BATCH_FILE).write_text(json.dumps(asdict(self), indent=2))
+        # Written whole or not at all: workers and Slurm jobs read it while it is updated.
+        tmp = self.path / f".{GROUP_FILE}.tmp"
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(self.path / GROUP_FILE)
 
     @classmethod
-    def load(cls, directory: str | Path) -> Batch:
-        path = Path(directory) / BATCH_FILE
-        if not path.is_file():
-            raise ConfigError(f"{directory}: not a dglrec batch (no {BATCH_FILE})")
-        return cls(**json.loads(path.read_text()))
+    def load(cls, directory: str | Path) -> RunGroup:
+        for name in (GROUP_FILE, LEGACY_GROUP_FILE):
+            path = Path(directory) / name
+            if path.is_file():
+                return cls(**json.loads(path.read_text()))
+        raise ConfigError(f"{directory}: not a dglrec run group (no {GROUP_FILE})")
 
     def recipe(self) -> dict:
-        import tomllib
-
         return tomllib.loads((self.path / RECIPE_FILE).read_text())
 
     def task_config(self, index: int) -> RecipeConfig:
         if not 0 <= index < len(self.tasks):
-            raise ConfigError(f"task {index}: batch {self.id} has tasks 0..{len(self.tasks) - 1}")
+            raise ConfigError(f"task {index}: group {self.id} has tasks 0..{len(self.tasks) - 1}")
         task = self.tasks[index]
         cfg = resolve(apply_overrides(self.recipe(), task["overrides"]))
         cfg.tracking.run_name = task["run_name"]
@@ -87,11 +92,11 @@ def create(
     seeds: list[int] | None = None,
     root: str | Path | None = None,
     extra_tags: dict[str, str] | None = None,
-) -> Batch:
+) -> RunGroup:
     """Freeze ``cfg``, list its tasks, and open the parent run (for seeds and sweeps)."""
     label = recipe_label(cfg)
-    batch_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{label}-{secrets.token_hex(3)}"
-    directory = Path(root or cfg.cluster.jobs_dir).resolve() / batch_id
+    group_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{label}-{secrets.token_hex(3)}"
+    directory = Path(root or cfg.cluster.jobs_dir).resolve() / group_id
     (directory / "logs").mkdir(parents=True)
     frozen = cfg.to_dict()
     frozen["sweep"] = {}
@@ -104,15 +109,17 @@ def create(
     elif kind == "single":
         overrides, names = [[]], [cfg.tracking.run_name or f"{cfg.model_name}-s{cfg.seed}"]
     else:
-        raise ValueError(f"unknown batch kind {kind!r}")
+        raise ValueError(f"unknown group kind {kind!r}")
     if not overrides:
-        raise ConfigError("the batch has no tasks")
+        raise ConfigError("the group has no tasks")
     tasks = [
         {"index": i, "overrides": o, "run_name": n}
         for i, (o, n) in enumerate(zip(overrides, names, strict=True))
     ]
     experiment = cfg.tracking.experiment or cfg.data.name
-    batch = Batch(batch_id, kind, str(directory), tasks, None, experiment, cfg.eval.select_metric)
+    group = RunGroup(
+        group_id, kind, str(directory), tasks, None, experiment, cfg.eval.select_metric
+    )
     resolved = resolve(frozen)
     (directory / RECIPE_FILE).write_text(resolved.to_toml())
     if kind != "single":
@@ -126,8 +133,8 @@ def create(
             "dataset": cfg.data.name,
             "selected_by": f"eval_{cfg.eval.select_metric}",
             "git_commit": tracking.git_commit(),
-            BATCH_TAG: batch_id,
-            "dglrec.batch_dir": str(directory),
+            GROUP_TAG: group_id,
+            "dglrec.group_dir": str(directory),
             **(extra_tags or {}),
         }
         if kind == "multi_seed":
@@ -137,11 +144,11 @@ def create(
             if kind == "sweep"
             else f"{cfg.model_name}-seeds{len(tasks)}"
         )
-        batch.parent_run_id = tracking.create_run(
+        group.parent_run_id = tracking.create_run(
             experiment, name, tags, params, {"recipe.toml": cfg.to_toml()}
         )
-    batch.save()
-    return batch
+    group.save()
+    return group
 
 
 def scheduler_tags() -> dict[str, str]:
@@ -159,21 +166,26 @@ def scheduler_tags() -> dict[str, str]:
     }
 
 
-def task_runs(batch: Batch) -> dict[int, object]:
+def task_runs(group: RunGroup) -> dict[int, object]:
     """``{task index: its newest run}``."""
     runs: dict[int, object] = {}
-    for run in tracking.find_runs(f"tags.`{BATCH_TAG}` = '{batch.id}'"):
+    found = [
+        run
+        for tag in (GROUP_TAG, LEGACY_GROUP_TAG)  # groups made by dglrec 0.1.0 too
+        for run in tracking.find_runs(f"tags.`{tag}` = '{group.id}'")
+    ]
+    for run in sorted(found, key=lambda r: r.info.start_time, reverse=True):
         tag = run.data.tags.get(TASK_TAG, "")
-        if tag.startswith(batch.id + "/"):
+        if tag.startswith(group.id + "/"):
             runs.setdefault(int(tag.rsplit("/", 1)[1]), run)  # newest first
     return runs
 
 
-def run_task(batch: Batch, index: int, log: Log = print) -> str:
+def run_task(group: RunGroup, index: int, log: Log = print) -> str:
     """Fit one task, resuming its run if it has one; returns the run id."""
-    cfg = batch.task_config(index)
-    tags = {TASK_TAG: batch.tag(index), BATCH_TAG: batch.id, **scheduler_tags()}
-    existing = task_runs(batch).get(index)
+    cfg = group.task_config(index)
+    tags = {TASK_TAG: group.tag(index), GROUP_TAG: group.id, **scheduler_tags()}
+    existing = task_runs(group).get(index)
     if existing is not None:
         run_id = existing.info.run_id
         if existing.info.status == "FINISHED":
@@ -194,28 +206,28 @@ def run_task(batch: Batch, index: int, log: Log = print) -> str:
                 extra_tags=tags,
             )
             return run_id
-    run_id, _ = pipeline.fit(cfg, log=log, parent_run_id=batch.parent_run_id, extra_tags=tags)
+    run_id, _ = pipeline.fit(cfg, log=log, parent_run_id=group.parent_run_id, extra_tags=tags)
     return run_id
 
 
-def finalize(batch: Batch, log: Log = print) -> dict:
+def finalize(group: RunGroup, log: Log = print) -> dict:
     """Close the parent run: per-seed mean ± std, or the sweep's best trial by eval.
 
     Returns ``{"runs": {index: run id}, "failed": [indices], "records": [...], "best": ...}``.
     """
-    runs = task_runs(batch)
+    runs = task_runs(group)
     done = {
         i: r
         for i, r in runs.items()
         if r.info.status == "FINISHED" and any(k.startswith("test_") for k in r.data.metrics)
     }
-    failed = [t["index"] for t in batch.tasks if t["index"] not in done]
+    failed = [t["index"] for t in group.tasks if t["index"] not in done]
     out: dict = {"runs": {i: r.info.run_id for i, r in done.items()}, "failed": failed}
-    metric = batch.select_metric
+    metric = group.select_metric
     records = [
         {
             "trial": i,
-            "overrides": batch.tasks[i]["overrides"],
+            "overrides": group.tasks[i]["overrides"],
             "run_id": r.info.run_id,
             "best_epoch": r.data.metrics.get("best_epoch"),
             **{
@@ -228,15 +240,15 @@ def finalize(batch: Batch, log: Log = print) -> dict:
         for i, r in sorted(done.items())
     ]
     out["records"] = records
-    if batch.parent_run_id is None:
+    if group.parent_run_id is None:
         return out
     metrics: dict[str, float] = {}
     tags: dict[str, str] = {}
     texts: dict[str, str] = {}
     if failed:
         tags["failed_tasks"] = ",".join(map(str, failed))
-        log(f"batch {batch.id}: tasks {failed} did not finish")
-    if batch.kind == "multi_seed" and done:
+        log(f"group {group.id}: tasks {failed} did not finish")
+    if group.kind == "multi_seed" and done:
         per_seed = {
             int(r.data.tags.get("seed", i)): {
                 k: v for k, v in r.data.metrics.items() if k.startswith(("test_", "best_eval_"))
@@ -247,12 +259,12 @@ def finalize(batch: Batch, log: Log = print) -> dict:
         out["per_seed"], out["summary"] = per_seed, metrics
         if failed:
             tags["failed_seeds"] = ",".join(
-                batch.tasks[i]["overrides"][0].split("=")[1] for i in failed
+                group.tasks[i]["overrides"][0].split("=")[1] for i in failed
             )
         protocol = next(iter(done.values())).data.tags.get("protocol")
         if protocol:
             tags["protocol"] = protocol
-    elif batch.kind == "sweep" and records:
+    elif group.kind == "sweep" and records:
         best = best_record(records, metric)
         out["best"] = best
         metrics = {f"best_eval_{metric}": best[f"eval_{metric}"], "best_trial": best["trial"]}
@@ -260,16 +272,16 @@ def finalize(batch: Batch, log: Log = print) -> dict:
         tags.update({"best_run_id": best["run_id"], "best_overrides": " ".join(best["overrides"])})
         texts["trials.md"] = format_table(records, metric)
     status = "FINISHED" if done else "FAILED"
-    tracking.update_run(batch.parent_run_id, metrics, tags, texts, status=status)
+    tracking.update_run(group.parent_run_id, metrics, tags, texts, status=status)
     return out
 
 
-def task_command(batch: Batch, index: int | str) -> list[str]:
+def task_command(group: RunGroup, index: int | str) -> list[str]:
     """The command that runs one task in a fresh process (a worker or a Slurm job)."""
-    return [sys.executable, "-m", "dglrec.cli", "task", batch.directory, "--index", str(index)]
+    return [sys.executable, "-m", "dglrec.cli", "task", group.directory, "--index", str(index)]
 
 
-def run_local(batch: Batch, workers: int = 1, log: Log = print) -> dict:
+def run_local(group: RunGroup, workers: int = 1, log: Log = print) -> dict:
     """Run every task here, ``workers`` processes at a time, then :func:`finalize`.
 
     With one worker the tasks run in this process; with more, each task is its own
@@ -278,31 +290,31 @@ def run_local(batch: Batch, workers: int = 1, log: Log = print) -> dict:
     """
     if workers < 1:
         raise ConfigError(f"--workers {workers}: expected at least 1")
-    n = len(batch.tasks)
+    n = len(group.tasks)
     errors: dict[int, str] = {}
     if workers == 1:
-        for task in batch.tasks:
+        for task in group.tasks:
             log(f"task {task['index'] + 1}/{n}: {' '.join(task['overrides']) or '(recipe)'}")
             try:
-                run_task(batch, task["index"], log)
+                run_task(group, task["index"], log)
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # noqa: BLE001 (one failed task must not stop the others)
                 errors[task["index"]] = f"{type(exc).__name__}: {exc}"
                 log(f"task {task['index']} failed: {errors[task['index']]}")
-        return {**finalize(batch, log), "errors": errors}
+        return {**finalize(group, log), "errors": errors}
 
     threads = max(1, (os.cpu_count() or 1) // workers)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    pending = list(batch.tasks)
+    pending = list(group.tasks)
     running: dict[int, tuple[subprocess.Popen, object]] = {}
     try:
         while pending or running:
             while pending and len(running) < workers:
                 task = pending.pop(0)
-                out = open(batch.path / "logs" / f"task-{task['index']}.log", "w")  # noqa: SIM115
+                out = open(group.path / "logs" / f"task-{task['index']}.log", "w")  # noqa: SIM115
                 process = subprocess.Popen(
-                    task_command(batch, task["index"]),
+                    task_command(group, task["index"]),
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     env=env,
@@ -324,7 +336,7 @@ def run_local(batch: Batch, workers: int = 1, log: Log = print) -> dict:
         for process, _ in running.values():
             process.terminate()
         raise
-    return {**finalize(batch, log), "errors": errors}
+    return {**finalize(group, log), "errors": errors}
 
 
 @dataclass
@@ -339,11 +351,11 @@ class MultiSeedResult:
 def fit_seeds(
     cfg: RecipeConfig, seeds: list[int], log: Callable[[str], None] = print
 ) -> MultiSeedResult:
-    """Fit ``seeds`` one after another as a batch (a group of tasks) under one parent run."""
-    seeds_batch = create(cfg, "multi_seed", seeds)
-    out = run_local(seeds_batch, 1, log)
+    """Fit ``seeds`` one after another as a group (a group of tasks) under one parent run."""
+    seeds_group = create(cfg, "multi_seed", seeds)
+    out = run_local(seeds_group, 1, log)
     seed_of = {i: seed for i, seed in enumerate(seeds)}
-    result = MultiSeedResult(seeds_batch.parent_run_id)
+    result = MultiSeedResult(seeds_group.parent_run_id)
     result.runs = {seed_of[i]: run_id for i, run_id in sorted(out["runs"].items())}
     result.metrics = dict(out.get("per_seed", {}))
     result.failed = {seed_of[i]: out["errors"].get(i, "did not finish") for i in out["failed"]}

@@ -1,19 +1,19 @@
-"""Slurm submission with plain ``sbatch``: a batch becomes a job array plus a finalize job.
+"""Slurm submission with plain ``sbatch``: a group becomes a job array plus a finalize job.
 
 ``dglrec submit RECIPE --cluster slurm`` (and ``dglrec sweep RECIPE --cluster
-slurm``) turn a :class:`~dglrec.runs.groups.Batch` into
+slurm``) turn a :class:`~dglrec.runs.groups.RunGroup` into
 
 * ``job.sbatch``: a job array, one task per seed or trial, each running
-  ``dglrec task BATCH_DIR --index $SLURM_ARRAY_TASK_ID`` (the ``dglrec fit`` code
+  ``dglrec task GROUP_DIR --index $SLURM_ARRAY_TASK_ID`` (the ``dglrec fit`` code
   path on the frozen recipe). Jobs are ``--requeue``-able and get ``SIGUSR1``
   ``requeue_grace`` seconds before their time limit: the task stops at the next
-  batch (every finished epoch is checkpointed), requeues itself with ``scontrol
+  group (every finished epoch is checkpointed), requeues itself with ``scontrol
   requeue``, and the requeued job resumes its run from the last checkpoint. A job
   the scheduler preempts or requeues (SIGTERM) resumes the same way;
 * ``finalize.sbatch``: one small job, ``--dependency=afterany`` on the array, that
   closes the parent run (mean ± std over seeds, or the best trial by eval).
 
-The job ids are printed, saved in the batch's ``batch.json`` and set as tags on
+The job ids are printed, saved in the group's ``group.json`` and set as tags on
 the parent run (``slurm_array_job_id``, ``slurm_finalize_job_id``); each task's
 run gets ``slurm_job_id`` (``ARRAY_TASK``). ``dglrec jobs`` reads them back and
 asks ``squeue`` for the live state. Jobs inherit the submitting shell's
@@ -32,7 +32,7 @@ from pathlib import Path
 from dglrec.config import ClusterConfig
 from dglrec.errors import ConfigError, RunError
 from dglrec.runs import tracking
-from dglrec.runs.groups import Batch, task_command, task_runs
+from dglrec.runs.groups import RunGroup, task_command, task_runs
 
 
 def _slurm_binary(name: str) -> str:
@@ -76,18 +76,18 @@ def sbatch_directives(cluster: ClusterConfig, name: str) -> list[str]:
     return [f"#SBATCH {line}" for line in lines]
 
 
-def array_script(batch: Batch, cluster: ClusterConfig) -> str:
-    n = len(batch.tasks)
+def array_script(group: RunGroup, cluster: ClusterConfig) -> str:
+    n = len(group.tasks)
     limit = f"%{cluster.max_parallel}" if cluster.max_parallel else ""
-    command = task_command(batch, "$SLURM_ARRAY_TASK_ID")
+    command = task_command(group, "$SLURM_ARRAY_TASK_ID")
     quoted = " ".join(shlex.quote(part) for part in command[:-1]) + " " + command[-1]
     return "\n".join(
         [
             "#!/bin/bash",
-            f"# dglrec batch {batch.id}: {n} task(s) of kind {batch.kind}",
-            *sbatch_directives(cluster, f"dglrec-{batch.id}"),
+            f"# dglrec group {group.id}: {n} task(s) of kind {group.kind}",
+            *sbatch_directives(cluster, f"dglrec-{group.id}"),
             f"#SBATCH --array=0-{n - 1}{limit}",
-            f"#SBATCH --output={batch.path / 'logs' / '%A_%a.out'}",
+            f"#SBATCH --output={group.path / 'logs' / '%A_%a.out'}",
             f"cd {shlex.quote(str(Path.cwd()))}",
             # exec: the task is the batch shell, so SIGUSR1 (B:) reaches Python.
             f"exec {quoted}",
@@ -96,16 +96,16 @@ def array_script(batch: Batch, cluster: ClusterConfig) -> str:
     )
 
 
-def finalize_script(batch: Batch, cluster: ClusterConfig) -> str:
-    command = " ".join(shlex.quote(p) for p in [*task_command(batch, 0)[:-2], "--finalize"])
+def finalize_script(group: RunGroup, cluster: ClusterConfig) -> str:
+    command = " ".join(shlex.quote(p) for p in [*task_command(group, 0)[:-2], "--finalize"])
     lines = [
         "#!/bin/bash",
-        f"# dglrec batch {batch.id}: close the parent run once every task has ended",
-        f"#SBATCH --job-name=dglrec-{batch.id}-finalize",
+        f"# dglrec group {group.id}: close the parent run once every task has ended",
+        f"#SBATCH --job-name=dglrec-{group.id}-finalize",
         "#SBATCH --time=00:15:00",
         "#SBATCH --cpus-per-task=1",
         "#SBATCH --mem=2G",
-        f"#SBATCH --output={batch.path / 'logs' / 'finalize_%j.out'}",
+        f"#SBATCH --output={group.path / 'logs' / 'finalize_%j.out'}",
     ]
     if cluster.partition:
         lines.append(f"#SBATCH --partition={cluster.partition}")
@@ -114,38 +114,38 @@ def finalize_script(batch: Batch, cluster: ClusterConfig) -> str:
     return "\n".join([*lines, f"cd {shlex.quote(str(Path.cwd()))}", f"exec {command}", ""])
 
 
-def submit(batch: Batch, cluster: ClusterConfig) -> dict[str, str]:
-    """Submit the batch's array (and finalize job); returns and records the job ids."""
+def submit(group: RunGroup, cluster: ClusterConfig) -> dict[str, str]:
+    """Submit the group's array (and finalize job); returns and records the job ids."""
     sbatch = _slurm_binary("sbatch")
-    array_path = batch.path / "job.sbatch"
-    array_path.write_text(array_script(batch, cluster))
+    array_path = group.path / "job.sbatch"
+    array_path.write_text(array_script(group, cluster))
     array_id = _run([sbatch, "--parsable", str(array_path)]).strip().split(";")[0]
     jobs = {"array": array_id}
-    if batch.parent_run_id is not None:
-        final_path = batch.path / "finalize.sbatch"
-        final_path.write_text(finalize_script(batch, cluster))
+    if group.parent_run_id is not None:
+        final_path = group.path / "finalize.sbatch"
+        final_path.write_text(finalize_script(group, cluster))
         jobs["finalize"] = (
             _run([sbatch, "--parsable", f"--dependency=afterany:{array_id}", str(final_path)])
             .strip()
             .split(";")[0]
         )
         tracking.update_run(
-            batch.parent_run_id,
+            group.parent_run_id,
             tags={
                 "slurm_array_job_id": array_id,
                 "slurm_finalize_job_id": jobs.get("finalize", ""),
                 "cluster": "slurm",
             },
         )
-    batch.jobs = jobs
-    batch.save()
+    group.jobs = jobs
+    group.save()
     return jobs
 
 
 # ---------------------------------------------------------------------- dglrec jobs
 @dataclass
 class TaskState:
-    batch: str
+    group: str
     task: int
     job: str
     state: str  # Slurm's, or the run's when Slurm no longer knows the job
@@ -171,14 +171,14 @@ def queue_states(job_ids: list[str]) -> dict[str, str]:
     return states
 
 
-def batches(jobs_dir: str | Path) -> list[Batch]:
+def groups(jobs_dir: str | Path) -> list[RunGroup]:
     root = Path(jobs_dir)
     if not root.is_dir():
         return []
     found = []
     for path in sorted(root.iterdir()):
         try:
-            found.append(Batch.load(path))
+            found.append(RunGroup.load(path))
         except ConfigError:
             continue
     return found
@@ -194,16 +194,14 @@ def gone_state(run_status: str | None) -> str:
 
 
 def job_table(jobs_dir: str | Path, only: str | None = None) -> list[TaskState]:
-    """One row per task of every submitted batch under ``jobs_dir`` (or batch ``only``)."""
+    """One row per task of every submitted group under ``jobs_dir`` (or group ``only``)."""
     rows = []
-    selected = [
-        b for b in batches(jobs_dir) if b.jobs and only in (None, b.id, b.jobs.get("array"))
-    ]
+    selected = [b for b in groups(jobs_dir) if b.jobs and only in (None, b.id, b.jobs.get("array"))]
     live = queue_states([j for b in selected for j in b.jobs.values()])
-    for batch in selected:
-        runs = task_runs(batch)
-        array = batch.jobs["array"]
-        for task in batch.tasks:
+    for group in selected:
+        runs = task_runs(group)
+        array = group.jobs["array"]
+        for task in group.tasks:
             index = task["index"]
             job = f"{array}_{index}"
             run = runs.get(index)
@@ -212,12 +210,12 @@ def job_table(jobs_dir: str | Path, only: str | None = None) -> list[TaskState]:
                 state = gone_state(run.info.status if run else None)
             metric = ""
             if run is not None:
-                key = f"best_eval_{batch.select_metric}"
+                key = f"best_eval_{group.select_metric}"
                 if key in run.data.metrics:
                     metric = f"{key} {run.data.metrics[key]:.4f}"
             rows.append(
                 TaskState(
-                    batch.id,
+                    group.id,
                     index,
                     job,
                     state,
@@ -230,11 +228,11 @@ def job_table(jobs_dir: str | Path, only: str | None = None) -> list[TaskState]:
 
 
 def cancel(jobs_dir: str | Path, target: str) -> list[str]:
-    """``scancel`` a batch (by id or array job id) or one job id; returns the ids cancelled."""
+    """``scancel`` a group (by id or array job id) or one job id; returns the ids cancelled."""
     scancel = _slurm_binary("scancel")
-    for batch in batches(jobs_dir):
-        if target in (batch.id, batch.jobs.get("array")):
-            ids = list(batch.jobs.values())
+    for group in groups(jobs_dir):
+        if target in (group.id, group.jobs.get("array")):
+            ids = list(group.jobs.values())
             _run([scancel, *ids])
             return ids
     _run([scancel, target])

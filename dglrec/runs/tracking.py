@@ -334,7 +334,7 @@ def children_of(run) -> list:
 def create_run(
     experiment: str, run_name: str, tags: dict[str, str], params: dict[str, Any], texts: dict
 ) -> str:
-    """A run left RUNNING (no active run in this process): a batch's parent, closed later."""
+    """A run left RUNNING (no active run in this process): a run group's parent, closed later."""
     configure()
     client = MlflowClient()
     run = client.create_run(_experiment_id(experiment), run_name=run_name, tags=tags)

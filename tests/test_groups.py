@@ -1,4 +1,4 @@
-"""Batches: random sweeps, local workers, resume of an interrupted task, concurrent writers."""
+"""Run groups: random sweeps, local workers, resume of an interrupted task, concurrent writers."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import time
 import pytest
 
 from dglrec.errors import ConfigError
-from dglrec.runs import groups as batches
-from dglrec.runs import tracking
+from dglrec.runs import groups, tracking
 from dglrec.runs.groups import run_sweep
 from dglrec.runs.recipes import load_recipe
 from dglrec.runs.sweep import expand
@@ -108,34 +107,34 @@ def _interrupt_at(monkeypatch, epoch_to_stop: int):
 
 def test_an_interrupted_task_resumes_its_own_run(tiny_recipe, isolated, monkeypatch):
     cfg = load_recipe(tiny_recipe, ["train.epochs=4", "tracking.log_model=false"])
-    job = batches.create(cfg, "single")
+    job = groups.create(cfg, "single")
     restore = _interrupt_at(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
-        batches.run_task(job, 0, log=lambda _: None)
-    (killed,) = batches.task_runs(job).values()
+        groups.run_task(job, 0, log=lambda _: None)
+    (killed,) = groups.task_runs(job).values()
     assert killed.info.status == "KILLED"
     restore()
     messages = []
-    run_id = batches.run_task(job, 0, log=messages.append)
+    run_id = groups.run_task(job, 0, log=messages.append)
     assert run_id == killed.info.run_id
     assert any("resuming run" in m and "after epoch 2" in m for m in messages)
     steps = [step for step, _ in tracking.metric_history(run_id, "eval_auc")]
     assert sorted(steps) == [1, 2, 3, 4]  # every epoch once: none redone, none lost
     assert len(tracking.find_runs(f"tags.`dglrec.task` = '{job.tag(0)}'")) == 1
     # A finished task is not fitted again.
-    assert batches.run_task(job, 0, log=messages.append) == run_id
+    assert groups.run_task(job, 0, log=messages.append) == run_id
     assert messages[-1].endswith("already finished")
 
 
 def test_a_task_stopped_before_its_first_checkpoint_starts_over(tiny_recipe, isolated, monkeypatch):
     cfg = load_recipe(tiny_recipe, ["train.epochs=2", "tracking.log_model=false"])
-    job = batches.create(cfg, "single")
+    job = groups.create(cfg, "single")
     restore = _interrupt_at(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
-        batches.run_task(job, 0, log=lambda _: None)
+        groups.run_task(job, 0, log=lambda _: None)
     restore()
-    first = batches.task_runs(job)[0].info.run_id
-    run_id = batches.run_task(job, 0, log=lambda _: None)
+    first = groups.task_runs(job)[0].info.run_id
+    run_id = groups.run_task(job, 0, log=lambda _: None)
     assert run_id != first
     _, _, tags = tracking.get_run(first)
     assert tags["superseded"] == "true"
@@ -145,8 +144,8 @@ def test_multi_seed_batch_parent_has_mean_and_std(tiny_recipe, isolated):
     import statistics
 
     cfg = load_recipe(tiny_recipe, ["train.epochs=1", "tracking.log_model=false"])
-    job = batches.create(cfg, "multi_seed", seeds=[4, 5])
-    out = batches.run_local(job, 1, log=lambda _: None)
+    job = groups.create(cfg, "multi_seed", seeds=[4, 5])
+    out = groups.run_local(job, 1, log=lambda _: None)
     aucs = [tracking.get_run(out["runs"][i])[1]["test_auc"] for i in (0, 1)]
     _, metrics, tags = tracking.get_run(job.parent_run_id)
     assert metrics["test_auc_mean"] == pytest.approx(statistics.mean(aucs))
@@ -156,8 +155,8 @@ def test_multi_seed_batch_parent_has_mean_and_std(tiny_recipe, isolated):
 
 def test_sigterm_stops_a_task_process_at_a_checkpoint(tiny_recipe, isolated):
     cfg = load_recipe(tiny_recipe, ["train.epochs=400", "tracking.log_model=false"])
-    job = batches.create(cfg, "single")
-    command = batches.task_command(job, 0)
+    job = groups.create(cfg, "single")
+    command = groups.task_command(job, 0)
     log = isolated / "task.log"
     with open(log, "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
@@ -167,7 +166,7 @@ def test_sigterm_stops_a_task_process_at_a_checkpoint(tiny_recipe, isolated):
             time.sleep(0.5)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=120) == 143
-    (run,) = batches.task_runs(job).values()
+    (run,) = groups.task_runs(job).values()
     assert run.info.status == "KILLED"
     assert "checkpointed" in log.read_text()
     epochs_done = len(tracking.metric_history(run.info.run_id, "eval_auc"))
@@ -233,3 +232,16 @@ def test_concurrent_writers_through_a_tracking_server(isolated, monkeypatch):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         _assert_complete(run_ids, steps=20)
         assert any((isolated / "server-artifacts").rglob("note.txt"))  # stored by the server
+
+
+def test_a_group_made_by_dglrec_0_1_still_loads_and_finds_its_runs(tiny_recipe, isolated):
+    """dglrec 0.1.0 called run groups batches: batch.json, tag dglrec.batch."""
+    cfg = load_recipe(tiny_recipe, ["train.epochs=1", "tracking.log_model=false"])
+    group = groups.create(cfg, "single")
+    (group.path / groups.GROUP_FILE).rename(group.path / "batch.json")
+    assert groups.RunGroup.load(group.path).id == group.id
+    tags = {"dglrec.batch": group.id, "dglrec.task": group.tag(0)}
+    run_id = tracking.create_run(group.experiment, "old", tags, {}, {})
+    assert groups.task_runs(group)[0].info.run_id == run_id
+    with pytest.raises(ConfigError, match="not a dglrec run group"):
+        groups.RunGroup.load(isolated)
