@@ -54,25 +54,45 @@ class CTRProtocol:
     negatives_per_positive: int = 1
     split: tuple[float, float, float] = (0.6, 0.2, 0.2)
     seed: int = 42
+    # "items" | "all_entities" | "inverse_popularity" (see NEGATIVE_POOLS).
+    negative_pool: str = "items"
     extra: dict = field(default_factory=dict)
 
     def describe(self) -> str:
         train, eval_, test = self.split
+        pool = NEGATIVE_POOLS[self.negative_pool]
         return (
             f"ctr: ratings>={self.positive_threshold:g} positive; "
-            f"{self.negatives_per_positive}:1 negatives uniform over the user's unrated items; "
+            f"{self.negatives_per_positive}:1 negatives {pool}; "
             f"random split {train:g}/{eval_:g}/{test:g}; seed {self.seed}"
         )
 
 
+# How each pool draws a user's labelled negatives (as the protocol string says it).
+NEGATIVE_POOLS = {
+    "items": "uniform over the user's unrated items",
+    "all_entities": "uniform over the user's unrated KG entities, attributes included "
+    "(nonstandard: every entity is a rankable item)",
+    "inverse_popularity": "items drawn with probability 1/(1 + positives), the user's "
+    "positives not excluded (nonstandard)",
+}
+
+
 def _validate(protocol: CTRProtocol) -> None:
     shared.validate_split(protocol.split)
+    if protocol.negative_pool not in NEGATIVE_POOLS:
+        raise ProtocolError(
+            f"data.negative_pool: {protocol.negative_pool!r}; allowed: {', '.join(NEGATIVE_POOLS)}"
+        )
     if protocol.negatives_per_positive < 1:
         raise ProtocolError("data.negatives_per_positive must be >= 1")
 
 
 def _protocol_fields(protocol: CTRProtocol) -> dict:
-    return {k: v for k, v in protocol.__dict__.items() if k != "extra"}
+    fields = {k: v for k, v in protocol.__dict__.items() if k != "extra"}
+    if fields["negative_pool"] == "items":  # the default keeps the cache keys it always had
+        del fields["negative_pool"]
+    return fields
 
 
 def cache_key(protocol: CTRProtocol, checksums: dict[str, str]) -> str:
@@ -130,6 +150,24 @@ def sample_negatives(
     return np.concatenate(users_out), np.concatenate(items_out)
 
 
+def inverse_popularity_negatives(
+    positive: np.ndarray, n_negatives: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """MKGCN's public code's negatives: items drawn with probability ∝ 1 / (1 + positives).
+
+    Drawn with replacement and *without* excluding the user's own positives (so a
+    "negative" can be an item she listened to), as that code does.
+
+    Args:
+        positive: ``[n_users, n_items]`` bool positives.
+        n_negatives: ``[n_users]`` how many to draw per user.
+    """
+    weight = 1.0 / (1.0 + positive.sum(0))
+    users = np.repeat(np.arange(len(positive)), n_negatives)
+    items = rng.choice(positive.shape[1], size=len(users), p=weight / weight.sum())
+    return users, items
+
+
 def build(protocol: CTRProtocol, raw_dir: Path, checksums: dict[str, str]) -> KGRecDataset:
     """Parse the three files and apply the CTR protocol."""
     _validate(protocol)
@@ -173,8 +211,27 @@ def build(protocol: CTRProtocol, raw_dir: Path, checksums: dict[str, str]) -> KG
 
     rng_negatives = np.random.default_rng([protocol.seed, shared.NEGATIVES_STREAM])
     rng_split = np.random.default_rng([protocol.seed, shared.SPLIT_STREAM])
+    n_entities = len(entity_index)
     n_neg = positive.sum(1) * protocol.negatives_per_positive
-    neg_users, neg_items = sample_negatives(rated, n_neg, rng_negatives)
+    if protocol.negative_pool == "all_entities":
+        # Every KG entity becomes a candidate item; non-item entities follow the items
+        # (their ids), so item i is still entity i.
+        if n_entities == n_items:
+            raise ProtocolError(
+                "data.negative_pool: 'all_entities' needs a KG with entities besides the "
+                f"items; {raw_dir / KG_FILE} adds none"
+            )
+        rated = np.pad(rated, ((0, 0), (0, n_entities - n_items)))
+        neg_users, neg_items = sample_negatives(rated, n_neg, rng_negatives)
+        extra = np.setdiff1d(np.arange(n_entities), item_entity)
+        item_entity = np.concatenate([item_entity, extra])
+        entity_raw = sorted(entity_index, key=entity_index.get)
+        item_raw = list(item_raw) + [f"entity:{entity_raw[e]}" for e in extra]
+        n_items = len(item_entity)
+    elif protocol.negative_pool == "inverse_popularity":
+        neg_users, neg_items = inverse_popularity_negatives(positive, n_neg, rng_negatives)
+    else:
+        neg_users, neg_items = sample_negatives(rated, n_neg, rng_negatives)
 
     pairs = np.concatenate(
         [
@@ -195,7 +252,6 @@ def build(protocol: CTRProtocol, raw_dir: Path, checksums: dict[str, str]) -> KG
     train = splits["train"]
     train_pos = train[train[:, 2] == 1]
     item_entity_t = torch.from_numpy(item_entity)
-    n_entities = len(entity_index)
     head_t, tail_t, rel_t = map(torch.from_numpy, (head_idx, tail_idx, rel_idx))
     graph = dgl.heterograph(
         {

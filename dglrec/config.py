@@ -44,6 +44,20 @@ class DataConfig:
     split: list[float] = field(default_factory=lambda: [0.6, 0.2, 0.2])
     # Seed of negatives and split; unset: the run's seed.
     split_seed: int | None = None
+    # Training negatives of BCE-trained CTR models. "resample": drawn afresh every epoch,
+    # uniformly over the items the user has no known positive for (in any split), as many
+    # per user as the training split holds (seeded by the run's seed and the epoch);
+    # "fixed": the ones drawn once before the split (KGCN's reference code). Unset:
+    # "resample" ("fixed" with negative_pool = "inverse_popularity"). BPR models draw
+    # their own negatives at every step: the key is an error there.
+    train_negatives: Literal["resample", "fixed"] | None = None
+    # Where every split's labelled negatives come from. "items": items the user never
+    # rated (the clean protocol); "all_entities": any KG entity the user never rated,
+    # genres and countries included, all entities then being rankable items (the
+    # KGCN-pytorch lineage); "inverse_popularity": items drawn with probability
+    # proportional to 1 / (1 + training-free popularity), the user's positives NOT
+    # excluded (MKGCN's public code). The last two are nonstandard and marked so.
+    negative_pool: Literal["items", "all_entities", "inverse_popularity"] = "items"
 
 
 @dataclass
@@ -56,6 +70,9 @@ class SamplerConfig:
     # the n_neighbors neighbours of highest sigmoid(e_u . e_r) (KAISG).
     kind: Literal["uniform", "full", "importance_topk"] = "uniform"
     n_neighbors: int = 8
+    # "per_batch": each batch draws its neighbourhoods afresh; "fixed": every entity's
+    # n_neighbors are drawn once per run (KGCN's reference code; uniform sampler only).
+    resample: Literal["per_batch", "fixed"] = "per_batch"
 
 
 @dataclass
@@ -96,6 +113,13 @@ class EvalConfig:
     # these K, scored in chunks of ranking_users users x all items; [] turns it off.
     ranking_ks: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
     ranking_users: int = 64
+    # The split whose metric selects the epoch. "eval" (clean); "test": LEAKY, what reading
+    # the reference codes' per-epoch test AUC amounts to (allows an eval fraction of 0).
+    # The per-epoch eval_* metrics are then the test split's.
+    select_on: Literal["eval", "test"] = "eval"
+    # "whole": AUC over every pair of the split; "batch_mean": the mean of the AUCs of
+    # consecutive batches of eval.batch_size pairs (MKGCN's public code; nonstandard).
+    auc: Literal["whole", "batch_mean"] = "whole"
 
 
 @dataclass
@@ -191,6 +215,29 @@ class RecipeConfig:
     def model_kwargs(self) -> dict[str, Any]:
         """The model constructor's hyper-parameters (``name`` and ``init`` are the builder's)."""
         return {k: v for k, v in self.model.items() if k not in COMMON_MODEL_KEYS}
+
+    def protocol_departures(self) -> list[str]:
+        """The switches by which this recipe departs from the clean CTR protocol.
+
+        ``[]`` for the clean protocol (CTR or edge regression); each entry
+        (``"select_on=test (LEAKY)"``...) is shown in the run's name, tags and
+        ``dglrec compare``.
+        """
+        data, ev = self.data, self.eval
+        out = []
+        if data.train_negatives == "fixed":
+            out.append("train_negatives=fixed")
+        if data.negative_pool != "items":
+            out.append(f"negative_pool={data.negative_pool}")
+        if ev.select_on == "test":
+            out.append("select_on=test (LEAKY)")
+        if ev.auc == "batch_mean":
+            out.append("auc=batch_mean")
+        if self.sampler.resample == "fixed":
+            out.append("adjacency=fixed")
+        if self.task.paper_protocol:
+            out.append("paper_protocol (LEAKY)")
+        return out
 
     @property
     def data_seed(self) -> int:
@@ -343,8 +390,16 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 ModelSchema = Callable[[Any], dict[str, tuple[Any, Any]]]
 
 
-def resolve(raw: dict[str, Any], model_hparams: ModelSchema) -> RecipeConfig:
-    """Turn a parsed recipe dict into a validated :class:`RecipeConfig`."""
+def resolve(
+    raw: dict[str, Any],
+    model_hparams: ModelSchema,
+    model_objective: Callable[[str], str] | None = None,
+) -> RecipeConfig:
+    """Turn a parsed recipe dict into a validated :class:`RecipeConfig`.
+
+    ``model_objective`` (``model.name`` -> ``"bce"``, ``"bpr"``...) settles the
+    switches that depend on how the model is trained (``data.train_negatives``).
+    """
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in SECTIONS:
@@ -381,7 +436,54 @@ def resolve(raw: dict[str, Any], model_hparams: ModelSchema) -> RecipeConfig:
             f"eval.select_metric: {cfg.eval.select_metric!r} is not a {cfg.task.kind} metric; "
             f"allowed: {', '.join(metrics)}"
         )
+    _check_protocol_switches(cfg)
+    if model_objective is not None and cfg.task.kind == "ctr":
+        _settle_train_negatives(cfg, model_objective(cfg.model_name))
     return cfg
+
+
+def _settle_train_negatives(cfg: RecipeConfig, objective: str) -> None:
+    """``data.train_negatives`` for this model: an error for BPR, unset -> its default."""
+    data = cfg.data
+    if objective == "bpr":
+        if data.train_negatives is not None:
+            raise ConfigError(
+                f"data.train_negatives: {cfg.model_name} is trained by BPR, which draws fresh "
+                "negatives at every step; the key is for BCE-trained models"
+            )
+    elif data.train_negatives is None:
+        data.train_negatives = "fixed" if data.negative_pool == "inverse_popularity" else "resample"
+
+
+def _check_protocol_switches(cfg: RecipeConfig) -> None:
+    """Protocol switches that make no sense for the task or the other settings."""
+    data, ev = cfg.data, cfg.eval
+    if cfg.task.kind != "ctr":
+        for key, value, default in (
+            ("data.train_negatives", data.train_negatives, None),
+            ("data.negative_pool", data.negative_pool, "items"),
+            ("eval.auc", ev.auc, "whole"),
+            ("eval.select_on", ev.select_on, "eval"),
+        ):
+            if value != default:
+                raise ConfigError(
+                    f"{key}: {value!r} is a CTR protocol switch; task.kind is {cfg.task.kind!r}"
+                )
+    if data.negative_pool == "inverse_popularity" and data.train_negatives == "resample":
+        raise ConfigError(
+            "data.train_negatives: 'resample' draws uniformly over the user's non-positives; "
+            "with data.negative_pool = 'inverse_popularity' use 'fixed'"
+        )
+    if cfg.sampler.resample == "fixed" and cfg.sampler.kind != "uniform":
+        raise ConfigError(
+            f"sampler.resample: 'fixed' draws each entity's n_neighbors once, which only the "
+            f"'uniform' sampler samples; sampler.kind is {cfg.sampler.kind!r}"
+        )
+    if ev.select_on == "eval" and len(data.split) == 3 and data.split[1] == 0:
+        raise ConfigError(
+            "data.split: the eval fraction is 0, but eval.select_on = 'eval' selects the "
+            "epoch on the eval split (set eval.select_on = 'test' for the LEAKY protocol)"
+        )
 
 
 def load_recipe(
@@ -389,6 +491,7 @@ def load_recipe(
     model_hparams: ModelSchema,
     overrides: list[str] | None = None,
     seed: int | None = None,
+    model_objective: Callable[[str], str] | None = None,
 ) -> RecipeConfig:
     """Read a recipe file, apply ``--set`` overrides and ``--seed``, and validate."""
     raw: dict[str, Any] = {}
@@ -406,7 +509,7 @@ def load_recipe(
     if path is not None and not raw.get("tracking", {}).get("recipe"):
         raw.setdefault("tracking", {})["recipe"] = path.stem
     try:
-        return resolve(raw, model_hparams)
+        return resolve(raw, model_hparams, model_objective)
     except ConfigError as exc:
         where = f"{path}: " if path is not None else ""
         raise ConfigError(f"{where}{exc}") from None

@@ -12,7 +12,11 @@ Streams:
 * :data:`EVAL_STREAM`: neighbour sampling whenever a split is scored (the same
   draws at every evaluation, so epochs are compared on equal terms);
 * :data:`KGE_STREAM`: the KG triples and corrupted tails of multi-task KGE steps;
+* :data:`TRAIN_NEGATIVES_STREAM`: the training negatives redrawn in epoch ``e``
+  (``derived_seed(seed, TRAIN_NEGATIVES_STREAM, e)``, ``data.train_negatives = "resample"``);
+* :data:`ADJACENCY_STREAM`: each entity's neighbours under ``sampler.resample = "fixed"``;
 * :data:`TRANSE_INIT_STREAM`: the initial tables of pretrained TransE;
+* the split of a TransE fit's triples: the run's seed itself;
 * :data:`SWEEP_STREAM`: a random search's trial draws;
 * the raw-data builders' streams (negatives and the split of Last.FM-KG,
   :data:`NEGATIVES_STREAM`, :data:`SPLIT_STREAM`) live with the builders in
@@ -35,6 +39,8 @@ __all__ = [
     "NEGATIVES_STREAM",
     "SPLIT_STREAM",
     "SWEEP_STREAM",
+    "TRAIN_NEGATIVES_STREAM",
+    "ADJACENCY_STREAM",
     "TRANSE_INIT_STREAM",
     "derived_seed",
     "reseed_sampling",
@@ -45,6 +51,8 @@ __all__ = [
 EVAL_STREAM = 1_000_003
 KGE_STREAM = 2_000_003
 TRANSE_INIT_STREAM = 7_000_001
+TRAIN_NEGATIVES_STREAM = 3_000_017
+ADJACENCY_STREAM = 4_000_037
 SWEEP_STREAM = 0x5EE9
 
 

@@ -61,6 +61,14 @@ class RunRecord:
     params: dict[str, str] = field(default_factory=dict)
 
     @property
+    def protocol(self) -> str:
+        """``clean``, the run's protocol departures, or ``unrecorded`` (runs before dglrec 0.2)."""
+        departures = self.tags.get("protocol_departures")
+        if departures is None:
+            return "unrecorded"
+        return "clean" if departures == "none" else departures
+
+    @property
     def selection_key(self) -> str:
         """The per-epoch eval metric the run chose its epoch by, e.g. ``eval_auc``."""
         return "eval_" + self.params.get("eval.select_metric", "auc")
@@ -79,6 +87,10 @@ class Comparison:
             return math.nan, math.nan, 0
         std = statistics.stdev(values) if len(values) > 1 else 0.0
         return statistics.mean(values), std, len(values)
+
+    def protocol(self, group: str) -> str:
+        """The group's protocol: its runs' (``clean``, ``select_on=test (LEAKY)``, ...)."""
+        return " | ".join(sorted({r.protocol for r in self.groups[group]}))
 
     def paired(self, group: str, metric: str) -> dict[str, float]:
         """``group − baseline`` over matching seeds: mean, std, n and the paired t-test's p."""
@@ -223,11 +235,12 @@ def _diff_cell(paired: dict) -> str:
 
 
 def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
-    """Groups × metrics, each cell ``mean ± std``."""
-    header = ["group", "runs", *comparison.metrics]
+    """Groups × metrics, each cell ``mean ± std``, and each group's protocol."""
+    header = ["group", "runs", *comparison.metrics, "protocol"]
     rows = [
         [group, str(len(runs))]
         + [_cell(*comparison.summary(group, m)[:2]) for m in comparison.metrics]
+        + [comparison.protocol(group)]
         for group, runs in comparison.groups.items()
     ]
     return header, rows
@@ -288,7 +301,7 @@ def format_csv(comparison: Comparison) -> str:
         header += [f"{metric}_mean", f"{metric}_std"]
         if comparison.baseline:
             header += [f"{metric}_diff_mean", f"{metric}_diff_std", f"{metric}_p", f"{metric}_n"]
-    writer.writerow(header)
+    writer.writerow([*header, "protocol"])
     for group, runs in comparison.groups.items():
         seeds = " ".join(str(r.seed) for r in runs)
         row: list = [group, len(runs), seeds]
@@ -298,7 +311,7 @@ def format_csv(comparison: Comparison) -> str:
             if comparison.baseline:
                 paired = comparison.paired(group, metric)
                 row += [paired["mean"], paired["std"], paired["p"], int(paired["n"])]
-        writer.writerow(row)
+        writer.writerow([*row, comparison.protocol(group)])
     return out.getvalue()
 
 

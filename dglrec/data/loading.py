@@ -26,6 +26,7 @@ def ctr_protocol_of(cfg: RecipeConfig) -> kg_ctr.CTRProtocol:
         negatives_per_positive=data.negatives_per_positive,
         split=tuple(data.split),
         seed=cfg.data_seed,
+        negative_pool=data.negative_pool,
     )
 
 

@@ -24,9 +24,9 @@ from dglrec.errors import ConfigError, RunError
 from dglrec.models.base import TrainingTensors
 from dglrec.models.registry import build_model, get_model
 from dglrec.runs import tracking
-from dglrec.runs.recipes import resolve
+from dglrec.runs.recipes import model_objective, resolve
 from dglrec.sampling.blocks import PairSampler, build_sampler
-from dglrec.seeding import seed_everything
+from dglrec.seeding import ADJACENCY_STREAM, derived_seed, seed_everything
 from dglrec.training.ctr import CTRTrainer
 from dglrec.training.edge import EdgeRegressionTrainer
 from dglrec.training.kge import kge_trainer, pretrained_tables
@@ -96,7 +96,42 @@ def sampler_for(cfg: RecipeConfig, model: torch.nn.Module) -> PairSampler:
     if model.capabilities.inputs != "blocks":
         return PairSampler(None)
     # Blocks to sample: the model's hops, or more where it reads a wider field (KGNN-LS).
-    return build_sampler(cfg.sampler.kind, model.n_blocks, cfg.sampler.n_neighbors, model)
+    sampler = cfg.sampler
+    return build_sampler(
+        sampler.kind,
+        model.n_blocks,
+        sampler.n_neighbors,
+        model,
+        resample=sampler.resample,
+        seed=derived_seed(cfg.seed, ADJACENCY_STREAM),
+    )
+
+
+def protocol_of(cfg: RecipeConfig, dataset: KGRecDataset) -> str:
+    """The run's whole protocol in words: the data's, then how training and selection went."""
+    parts = [dataset.meta["protocol"]]
+    if cfg.data.train_negatives is not None:
+        parts.append(
+            "training negatives redrawn every epoch"
+            if cfg.data.train_negatives == "resample"
+            else "training negatives fixed (drawn once before the split)"
+        )
+    if cfg.eval.select_on == "test":
+        parts.append(f"epoch selected by TEST {cfg.eval.select_metric} (LEAKY)")
+    else:
+        parts.append(f"epoch selected by eval {cfg.eval.select_metric}")
+    if cfg.eval.auc == "batch_mean":
+        parts.append(f"AUC = mean over batches of {cfg.eval.batch_size} (nonstandard)")
+    if cfg.sampler.resample == "fixed":
+        parts.append("each entity's neighbours drawn once per run")
+    return "; ".join(parts)
+
+
+def run_name_of(cfg: RecipeConfig) -> str:
+    """``kgcn-s1``; protocol departures in brackets: ``kgcn-s1 [select_on=test (LEAKY)]``."""
+    name = cfg.tracking.run_name or f"{cfg.model_name}-s{cfg.seed}"
+    departures = cfg.protocol_departures()
+    return f"{name} [{'; '.join(departures)}]" if departures else name
 
 
 def run_tags(cfg: RecipeConfig, dataset: KGRecDataset) -> dict:
@@ -104,7 +139,8 @@ def run_tags(cfg: RecipeConfig, dataset: KGRecDataset) -> dict:
         "model": cfg.model_name,
         "recipe": recipe_label(cfg),
         "dataset": cfg.data.name,
-        "protocol": dataset.meta["protocol"] + f"; epoch selected by eval {cfg.eval.select_metric}",
+        "protocol": protocol_of(cfg, dataset),
+        "protocol_departures": "; ".join(cfg.protocol_departures()) or "none",
         "sampler": cfg.sampler.kind,
         "seed": str(cfg.seed),
         "git_commit": tracking.git_commit(),
@@ -135,7 +171,7 @@ def fit(
     setup = build(cfg, log=log)
     with tracking.MlflowRun(
         cfg.tracking.experiment or cfg.data.name,
-        run_name=cfg.tracking.run_name or f"{cfg.model_name}-s{cfg.seed}",
+        run_name=run_name_of(cfg),
         run_id=resume_run_id,
         parent_run_id=parent_run_id,
     ) as run:
@@ -212,6 +248,10 @@ def resume_point(run_id: str, overrides: list[str] | None = None) -> tuple[Recip
             )
     state = load_checkpoint(run_id)
     raw = apply_overrides(copy.deepcopy(state["config"]), overrides)
+    data = raw.setdefault("data", {})
+    if "train_negatives" not in data and model_objective(raw["model"]["name"]) != "bpr":
+        # Checkpoints of dglrec 0.1.0 predate the switch: those runs trained on fixed negatives.
+        data["train_negatives"] = "fixed"
     return resolve(raw), state
 
 

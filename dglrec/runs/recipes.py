@@ -11,16 +11,21 @@ from typing import Any
 
 from dglrec import config
 from dglrec.config import RecipeConfig
-from dglrec.models.registry import model_hparams
+from dglrec.models.registry import get_model, model_hparams
+
+
+def model_objective(name: str) -> str:
+    """How the registered model ``name`` is trained (``"bce"``, ``"bpr"``...)."""
+    return get_model(name).capabilities.objective
 
 
 def resolve(raw: dict[str, Any]) -> RecipeConfig:
     """A parsed recipe dict as a validated :class:`~dglrec.config.RecipeConfig`."""
-    return config.resolve(raw, model_hparams)
+    return config.resolve(raw, model_hparams, model_objective)
 
 
 def load_recipe(
     path: str | Path | None, overrides: list[str] | None = None, seed: int | None = None
 ) -> RecipeConfig:
     """Read a recipe file, apply ``--set`` overrides and ``--seed``, and validate."""
-    return config.load_recipe(path, model_hparams, overrides, seed)
+    return config.load_recipe(path, model_hparams, overrides, seed, model_objective)

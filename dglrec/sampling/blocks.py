@@ -120,6 +120,57 @@ class FixedSizeNeighborSampler(BlockSampler):
         return seed_nodes, output_nodes, blocks
 
 
+class FixedAdjacencySampler(BlockSampler):
+    """KGCN's reference adjacency: every entity's ``K`` neighbours drawn once per run.
+
+    On first use, :meth:`FixedSizeNeighborSampler.sample_edges` draws ``K`` in-edges of
+    every node of the KG (same rule: without replacement where the degree allows,
+    with replacement below it) from a generator seeded by ``seed``; every batch then
+    takes all of its nodes' fixed edges. The draws do not touch the global RNG, so
+    the rest of the run's randomness is the same as with per-batch sampling.
+
+    Args:
+        n_neighbors: ``K``.
+        n_layers: number of blocks (hops).
+        seed: fixes the adjacency (``derived_seed(run seed, ADJACENCY_STREAM)``).
+    """
+
+    def __init__(self, n_neighbors: int, n_layers: int, seed: int):
+        super().__init__()
+        self.uniform = FixedSizeNeighborSampler(n_neighbors, n_layers)
+        self.n_layers = n_layers
+        self.seed = seed
+        self._graph: dgl.DGLGraph | None = None
+        self._source: dgl.DGLGraph | None = None
+
+    def fixed_graph(self, g: dgl.DGLGraph) -> dgl.DGLGraph:
+        """The K-regular subgraph of ``g`` kept for the run (``g``'s edge ids in ``EID``)."""
+        if self._source is not g:
+            with torch.random.fork_rng():
+                torch.manual_seed(self.seed)
+                eids = self.uniform.sample_edges(g, torch.arange(g.num_nodes()))
+            src, dst = g.find_edges(eids)
+            fixed = dgl.graph((src, dst), num_nodes=g.num_nodes())
+            for key, value in g.edata.items():
+                fixed.edata[key] = value[eids]
+            fixed.edata[dgl.EID] = eids
+            self._graph, self._source = fixed, g
+        return self._graph
+
+    def sample_blocks(self, g, seed_nodes, exclude_eids=None):
+        fixed = self.fixed_graph(g)
+        output_nodes, blocks = seed_nodes, []
+        for _ in range(self.n_layers):
+            frontier = dgl.in_subgraph(fixed, seed_nodes)
+            block = dgl.to_block(frontier, seed_nodes)
+            # Block edge -> frontier edge -> fixed-graph edge -> the KG's edge.
+            in_fixed = frontier.edata[dgl.EID][block.edata[dgl.EID]]
+            block.edata[dgl.EID] = fixed.edata[dgl.EID][in_fixed]
+            seed_nodes = block.srcdata[dgl.NID]
+            blocks.insert(0, block)
+        return seed_nodes, output_nodes, blocks
+
+
 def top_k_per_group(
     group: torch.Tensor, score: torch.Tensor, tie: torch.Tensor, k: int
 ) -> torch.Tensor:
@@ -195,16 +246,27 @@ class PairSampler:
 SAMPLER_KINDS = ("uniform", "full", "importance_topk")
 
 
-def build_sampler(kind: str, n_layers: int, n_neighbors: int, model=None) -> PairSampler:
-    """The sampler named by ``[sampler] kind``.
+def build_sampler(
+    kind: str,
+    n_layers: int,
+    n_neighbors: int,
+    model=None,
+    resample: str = "per_batch",
+    seed: int = 0,
+) -> PairSampler:
+    """The sampler named by ``[sampler] kind`` (and ``resample``).
 
-    * ``uniform``: KGCN's fixed-size sample (:class:`FixedSizeNeighborSampler`);
+    * ``uniform``: KGCN's fixed-size sample (:class:`FixedSizeNeighborSampler`), drawn
+      per batch, or once per run with ``resample = "fixed"``
+      (:class:`FixedAdjacencySampler`, seeded by ``seed``);
     * ``full``: all neighbours (:class:`dgl.dataloading.MultiLayerFullNeighborSampler`);
     * ``importance_topk``: all neighbours, then per user the ``n_neighbors`` most
       important (KAISG); needs a model that declares ``importance_sampling``.
     """
     if kind == "full":
         return PairSampler(MultiLayerFullNeighborSampler(n_layers))
+    if kind == "uniform" and resample == "fixed":
+        return PairSampler(FixedAdjacencySampler(n_neighbors, n_layers, seed))
     if kind == "uniform":
         return PairSampler(FixedSizeNeighborSampler(n_neighbors, n_layers))
     if kind == "importance_topk":

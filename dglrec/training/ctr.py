@@ -7,7 +7,9 @@ step and the evaluation. The objective is read once, from the model's declared
 * ``bce``: Adam on ``mean BCE(logits, labels) + Σ aux + train.l2 * L2`` over the
   labelled training pairs (``L2`` over whole tables or the batch's rows,
   ``train.l2_scope``; ``aux`` the weighted extra terms a model returns, e.g.
-  RippleNet's KGE term);
+  RippleNet's KGE term). With ``data.train_negatives = "resample"`` the training
+  negatives are redrawn every epoch (:func:`~dglrec.sampling.negatives.resample_negatives`,
+  seeded by ``(seed, epoch)``); with ``"fixed"`` they are the split's own;
 * ``bpr``: ``-log σ(s_ui - s_uj)`` over the training positives, ``j`` drawn
   uniformly among the user's non-positives at every step;
 * ``bce_and_kge`` (MKR family): the BCE step, and after every
@@ -40,9 +42,9 @@ from dglrec.config import RecipeConfig
 from dglrec.evaluation.metrics import ctr_metrics
 from dglrec.evaluation.ranking import evaluate_ranking
 from dglrec.sampling.blocks import PairBatch, PairSampler
-from dglrec.sampling.negatives import UnseenItemSampler
+from dglrec.sampling.negatives import UnseenItemSampler, resample_negatives
 from dglrec.sampling.triples import KGETripleStream
-from dglrec.seeding import EVAL_STREAM, derived_seed, reseed_sampling
+from dglrec.seeding import EVAL_STREAM, TRAIN_NEGATIVES_STREAM, derived_seed, reseed_sampling
 from dglrec.training.loop import EpochTrainer, Log
 
 
@@ -79,6 +81,7 @@ class CTRTrainer(EpochTrainer):
         self.dataset = dataset
         self.sampler = sampler
         self.cfg = cfg
+        self.selection_split = cfg.eval.select_on  # "test": the LEAKY reference protocol
         self.kg = dataset.kg_graph()
         capabilities = model.capabilities
         self.inputs = capabilities.inputs
@@ -94,6 +97,11 @@ class CTRTrainer(EpochTrainer):
         self._unseen = (
             UnseenItemSampler(train[train[:, 2] == 1][:, :2], dataset.n_items) if self.bpr else None
         )
+        self._fresh_negatives = None
+        if not self.bpr and cfg.data.train_negatives == "resample":
+            # Never a known positive of any split, as the split's own negatives.
+            known = torch.cat([pairs[pairs[:, 2] == 1] for pairs in dataset.splits.values()])
+            self._fresh_negatives = UnseenItemSampler(known[:, :2], dataset.n_items)
         self._init_optimizers()
         self.kge_stream = None
         if capabilities.objective == "bce_and_kge" and self.kge_optimizer is not None:
@@ -169,7 +177,8 @@ class CTRTrainer(EpochTrainer):
         probabilities = self.predict(pairs)
         # Kept for what is logged beside the metrics (the test predictions, for ROC curves).
         self.last_predictions[split] = probabilities
-        return ctr_metrics(pairs[:, 2].numpy(), probabilities, self.cfg.eval.threshold)
+        ev = self.cfg.eval
+        return ctr_metrics(pairs[:, 2].numpy(), probabilities, ev.threshold, ev.auc, ev.batch_size)
 
     def final_test(self) -> dict:
         """The test split's metrics, with full-ranking top-K ones (``[eval] ranking_ks``)."""
@@ -204,7 +213,7 @@ class CTRTrainer(EpochTrainer):
         self.model.train()
         reseed_sampling(derived_seed(self.cfg.seed, epoch))
         generator = torch.Generator().manual_seed(derived_seed(self.cfg.seed, epoch))
-        pairs, batch_size = self.train_pairs, self.cfg.train.batch_size
+        pairs, batch_size = self.epoch_pairs(epoch), self.cfg.train.batch_size
         n_batches = -(-len(pairs) // batch_size)
         # The KGE clock runs over the whole run: epoch e starts after (e - 1) full epochs.
         self.rs_steps = (epoch - 1) * n_batches
@@ -235,6 +244,14 @@ class CTRTrainer(EpochTrainer):
             bar.set_postfix(loss=f"{totals.mean('loss'):.4f}")
         self.epoch_losses = totals.means()
         return self.epoch_losses["loss"]
+
+    def epoch_pairs(self, epoch: int) -> torch.Tensor:
+        """Epoch ``epoch``'s training pairs: with resampled negatives, drawn for that epoch."""
+        if self._fresh_negatives is None:
+            return self.train_pairs
+        seed = derived_seed(self.cfg.seed, TRAIN_NEGATIVES_STREAM, epoch)
+        generator = torch.Generator().manual_seed(seed)
+        return resample_negatives(self.train_pairs, self._fresh_negatives, generator)
 
     def _bce_terms(self, batch: PairBatch):
         output = self.score(batch)

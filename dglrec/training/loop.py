@@ -90,6 +90,8 @@ class EpochTrainer:
 
     # Print every log_every-th epoch's line (and the last); all are logged to the tracker.
     log_every = 1
+    # The split scored after every epoch to select the best one (logged as eval_*).
+    selection_split = "eval"
 
     def __init__(
         self,
@@ -197,7 +199,7 @@ class EpochTrainer:
 
     def _evaluate_only(self) -> FitResult:
         """Models with nothing to train (Pop): eval and test are scored once."""
-        evaluation, test = self.evaluate("eval"), self.final_test()
+        evaluation, test = self.evaluate(self.selection_split), self.final_test()
         record = {f"eval_{k}": v for k, v in evaluation.items()}
         self.tracker.log_metrics(record, step=0)
         self.log(f"no trainable parameters: evaluated only; test {describe(test)}")
@@ -234,7 +236,7 @@ class EpochTrainer:
         seconds = time.perf_counter() - began
         if self.scheduler is not None:
             self.scheduler.step()
-        evaluation = self.evaluate("eval")
+        evaluation = self.evaluate(self.selection_split)
         record = {"epoch": epoch, "epoch_seconds": seconds}
         record.update({f"train_{k}": v for k, v in self.epoch_losses.items()})
         record.update({f"eval_{k}": v for k, v in evaluation.items()})
