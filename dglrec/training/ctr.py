@@ -45,7 +45,7 @@ from dglrec.sampling.blocks import PairBatch, PairSampler
 from dglrec.sampling.negatives import UnseenItemSampler, resample_negatives
 from dglrec.sampling.triples import KGETripleStream
 from dglrec.seeding import EVAL_STREAM, TRAIN_NEGATIVES_STREAM, derived_seed, reseed_sampling
-from dglrec.training.loop import EpochTrainer, Log
+from dglrec.training.loop import EpochTrainer, Log, recipe_settings
 
 
 class CTRTrainer(EpochTrainer):
@@ -70,13 +70,7 @@ class CTRTrainer(EpochTrainer):
         log: Log = print,
     ):
         super().__init__(
-            model.to(cfg.train.device),
-            epochs=cfg.train.epochs,
-            patience=cfg.train.patience,
-            select_metric=cfg.eval.select_metric,
-            config=cfg.to_dict(),
-            tracker=tracker,
-            log=log,
+            model.to(cfg.train.device), **recipe_settings(cfg), tracker=tracker, log=log
         )
         self.dataset = dataset
         self.sampler = sampler
@@ -115,20 +109,12 @@ class CTRTrainer(EpochTrainer):
     def _init_optimizers(self) -> None:
         """Adam for the main objective (none if nothing trains), one for KGE steps, the LR decay."""
         train = self.cfg.train
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        if not trainable:  # count-based baselines (Pop) are only evaluated
-            return
-        # foreach: one multi-tensor kernel per Adam op, ~3x faster on CPU for large tables.
-        self.optimizer = torch.optim.Adam(trainable, lr=train.lr, foreach=True)
-        if self.model.capabilities.objective == "bce_and_kge":
+        trainable = self._adam(train.lr, train.lr_decay)
+        if trainable and self.model.capabilities.objective == "bce_and_kge":
             if train.kge_interval < 1:
                 raise ValueError("train.kge_interval must be >= 1")
             # Its own Adam state: the two objectives' gradients differ in scale and direction.
             self.kge_optimizer = torch.optim.Adam(trainable, lr=train.lr_kge, foreach=True)
-        if train.lr_decay != 1.0:
-            self.scheduler = torch.optim.lr_scheduler.ExponentialLR(
-                self.optimizer, gamma=train.lr_decay
-            )
 
     # ------------------------------------------------------------------ scoring
     def score(self, batch: PairBatch):

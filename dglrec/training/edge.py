@@ -36,7 +36,7 @@ from data_prep.edge_dataset import EdgeRegressionDataset
 from dglrec.config import RecipeConfig
 from dglrec.evaluation.metrics import regression_metrics
 from dglrec.seeding import EVAL_STREAM, derived_seed, reseed_sampling
-from dglrec.training.loop import EpochTrainer, Log
+from dglrec.training.loop import EpochTrainer, Log, recipe_settings
 
 EVAL_BATCH = 65536
 # DGL advises CPU affinity for its multi-process loader; ours runs in-process.
@@ -114,24 +114,12 @@ class EdgeRegressionTrainer(EpochTrainer):
         log: Log = print,
     ):
         super().__init__(
-            model.to(cfg.train.device),
-            epochs=cfg.train.epochs,
-            patience=cfg.train.patience,
-            select_metric=cfg.eval.select_metric,
-            config=cfg.to_dict(),
-            tracker=tracker,
-            log=log,
+            model.to(cfg.train.device), **recipe_settings(cfg), tracker=tracker, log=log
         )
         self.dataset = dataset
         self.cfg = cfg
         self.uses_blocks = model.capabilities.inputs == "blocks"
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        if trainable:  # the mean baselines are only evaluated
-            self.optimizer = torch.optim.Adam(trainable, lr=cfg.train.lr, foreach=True)
-            if cfg.train.lr_decay != 1.0:
-                self.scheduler = torch.optim.lr_scheduler.ExponentialLR(
-                    self.optimizer, gamma=cfg.train.lr_decay
-                )
+        self._adam(cfg.train.lr, cfg.train.lr_decay)  # the mean baselines train nothing
         self.graph = dataset.message_graph()
         # Message-graph (local) ids of dataset edges, and of their reverses.
         local = torch.full((len(dataset.src),), -1, dtype=torch.long)

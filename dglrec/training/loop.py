@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from dglrec.config import RecipeConfig
 from dglrec.evaluation.metrics import HIGHER_IS_BETTER
 
 Log = Callable[[str], None]
@@ -60,6 +61,16 @@ class FitResult:
     best_eval: dict
     test: dict
     history: list[dict] = field(default_factory=list)
+
+
+def recipe_settings(cfg: RecipeConfig) -> dict:
+    """The loop's settings from a resolved recipe (``EpochTrainer(model, **settings, ...)``)."""
+    return {
+        "epochs": cfg.train.epochs,
+        "patience": cfg.train.patience,
+        "select_metric": cfg.eval.select_metric,
+        "config": cfg.to_dict(),
+    }
 
 
 def describe(metrics: dict) -> str:
@@ -131,6 +142,18 @@ class EpochTrainer:
         return self.evaluate("test")
 
     # ------------------------------------------------------------ shared by trainers
+    def _adam(self, lr: float, lr_decay: float = 1.0) -> list[torch.nn.Parameter]:
+        """Adam over the trainable parameters (and the LR decay); none if nothing trains."""
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        if trainable:
+            # foreach: one multi-tensor kernel per Adam op, ~3x faster on CPU for large tables.
+            self.optimizer = torch.optim.Adam(trainable, lr=lr, foreach=True)
+            if lr_decay != 1.0:
+                self.scheduler = torch.optim.lr_scheduler.ExponentialLR(
+                    self.optimizer, gamma=lr_decay
+                )
+        return trainable
+
     def check_interrupt(self) -> None:
         """Raise :class:`KeyboardInterrupt` if Ctrl-C was pressed (call between batches)."""
         if self._interrupted:
