@@ -61,12 +61,13 @@ def save_entry(directory: Path, files: dict[str, Callable[[Path], None]], meta: 
 def read_meta(directory: Path, names: list[str]) -> dict:
     """The entry's checked metadata; :class:`CacheError` if it or a data file is not as saved."""
     try:
-        meta = json.loads((directory / "meta.json").read_text())
+        text = (directory / "meta.json").read_text()
+        meta = json.loads(text)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CacheError(f"meta.json unreadable ({exc})") from None
     if not isinstance(meta, dict) or META_KEY not in meta or FILES_KEY not in meta:
         raise CacheError("no checksums (written by an older dglrec)")
-    if meta[META_KEY] != _meta_digest(meta):
+    if meta[META_KEY] != _meta_digest(meta) or json.dumps(meta, indent=2) != text:
         raise CacheError("meta.json does not match its checksum")
     for name in names:
         path = directory / name

@@ -7,6 +7,7 @@ is what the CLI catches.
 """
 
 from data_prep.errors import (  # noqa: F401  (re-exported: one place to import errors from)
+    CacheError,
     ChecksumError,
     DataFormatError,
     DataSourceError,
