@@ -43,7 +43,7 @@ from dglrec.runs import pipeline, tracking
 from dglrec.runs.recipes import load_recipe
 from dglrec.training.ctr import CTRTrainer
 from tests.conftest import free_port, write_tiny_kg
-from tests.test_cli import DGLREC, dglrec, history, run_id_of
+from tests.test_cli import DGLREC, dglrec, history
 
 PROTOCOL = CTRProtocol(dataset="tiny-kg")
 
@@ -440,6 +440,7 @@ def test_a_kill_at_any_named_instant_resumes_to_the_uninterrupted_run(
             assert point in ("after_train:1", "before_checkpoint:1"), point
             continue
         monkeypatch.setattr(loop_module, "fault_point", lambda *a: None)
+        monkeypatch.setattr(pipeline, "fault_point", lambda *a: None)
         pipeline.fit(resumed_cfg, resume_run_id=run_id, resume_state=state, log=lambda _: None)
         _, metrics, _ = tracking.get_run(run_id)
         for key in ("test_auc", "test_acc", "best_epoch", "test_recall_at_10"):
@@ -565,22 +566,18 @@ def test_sigterm_on_a_plain_fit_prints_the_resume_command(tiny_recipe, isolated)
 
 
 def test_resume_of_a_finished_or_unknown_run_says_so(tiny_recipe, isolated):
-    done = dglrec(
-        "fit",
-        tiny_recipe,
-        "--set",
-        "train.epochs=1",
-        "--set",
-        "tracking.log_model=false",
-        cwd=isolated,
+    cfg = load_recipe(tiny_recipe, ["train.epochs=1", "tracking.log_model=false"])
+    run_id, _ = pipeline.fit(cfg, log=lambda _: None)
+    with pytest.raises(RunError) as err:
+        pipeline.resume_point(run_id)
+    assert str(err.value).startswith(
+        f"run {run_id} already finished after epoch 1; nothing to resume"
     )
-    run_id = run_id_of(done.stdout)
-    proc = dglrec("fit", "--resume", run_id, cwd=isolated, check=False)
-    assert proc.returncode == 2
-    assert _one_error_line(proc).startswith(
-        f"error: run {run_id} already finished after epoch 1; nothing to resume"
-    )
-    assert len(tracking.metric_history(run_id, "test_auc")) == 1  # no second point
+    # Training it longer is allowed, and adds its test point at a new step.
+    longer, state = pipeline.resume_point(run_id, ["train.epochs=2"])
+    pipeline.fit(longer, resume_run_id=run_id, resume_state=state, log=lambda _: None)
+    assert [step for step, _ in tracking.metric_history(run_id, "test_auc")] == [1, 2]
+    assert sorted(history(run_id, "eval_auc")) == [1, 2]
     unknown = dglrec("fit", "--resume", "f" * 32, cwd=isolated, check=False)
     assert unknown.returncode == 2
     assert _one_error_line(unknown).startswith(f"error: no MLflow run '{'f' * 32}' in sqlite:///")
