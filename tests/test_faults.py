@@ -415,6 +415,7 @@ KILL_POINTS = [
     "before_metrics:1",
     "after_metrics:1",
     "after_train:2",
+    "before_checkpoint:2",
     "before_metrics:2",
     "before_test:2",
     "before_test_metrics:2",

@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -243,10 +244,11 @@ class MlflowRun:
         one whole, never a truncated file in its place.
         """
         uri = mlflow.get_artifact_uri(artifact_path)
-        if not uri.startswith("file://") and "://" in uri:
+        parsed = urllib.parse.urlparse(uri)
+        if parsed.scheme not in ("", "file"):  # a server (mlflow-artifacts:/, s3://...)
             mlflow.log_artifact(str(path), artifact_path)
             return
-        directory = Path(urllib.request.url2pathname(uri.removeprefix("file://")))
+        directory = Path(urllib.request.url2pathname(parsed.path))
         directory.mkdir(parents=True, exist_ok=True)
         target = directory / Path(path).name
         partial = directory / f".{target.name}.{os.getpid()}.partial"
