@@ -12,14 +12,14 @@ paper protocol (leaky, for measurement only) every edge.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import dgl
 import torch
 
-from data_prep.errors import DataSourceError
+from data_prep.cache import read_meta, save_entry
+from data_prep.errors import CacheError, DataSourceError
 
 SPLIT_CODES = {"train": 0, "eval": 1, "test": 2}
 TENSORS_FILE = "edges.pt"
@@ -94,22 +94,24 @@ class EdgeRegressionDataset:
         return graph
 
     def save(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+        """Write the entry atomically, the metadata (with the files' SHA-256) last."""
         tensors = {
             name: getattr(self, name)
             for name in ("src", "dst", "weight", "split", "friends", "artist_tags")
         }
-        torch.save(tensors, directory / TENSORS_FILE)
-        # The metadata last: its presence marks a complete cache entry.
-        (directory / META_FILE).write_text(json.dumps(self.meta))
+        save_entry(directory, {TENSORS_FILE: lambda path: torch.save(tensors, path)}, self.meta)
 
     @classmethod
     def load(cls, directory: Path) -> EdgeRegressionDataset:
-        meta_path = directory / META_FILE
-        if not meta_path.is_file():
+        """The entry at ``directory``; :class:`CacheError` if it fails its checksums."""
+        if not (directory / META_FILE).is_file():
             raise DataSourceError(f"{directory}: no processed dataset here (missing {META_FILE})")
-        tensors = torch.load(directory / TENSORS_FILE)
-        return cls(**tensors, meta=json.loads(meta_path.read_text()))
+        meta = read_meta(directory, [TENSORS_FILE])
+        try:
+            tensors = torch.load(directory / TENSORS_FILE)
+        except Exception as exc:  # noqa: BLE001 (zip/pickle errors; checksums passed, so rare)
+            raise CacheError(f"{TENSORS_FILE} unreadable ({type(exc).__name__})") from None
+        return cls(**tensors, meta=meta)
 
     @staticmethod
     def exists(directory: Path) -> bool:

@@ -23,3 +23,7 @@ class DataSourceError(RawDataError):
 
 class ProtocolError(RawDataError, ValueError):
     """A protocol value (split, negatives) is invalid; the message names its recipe key."""
+
+
+class CacheError(DataSourceError):
+    """A processed cache entry is truncated, altered or unreadable (it is rebuilt)."""

@@ -16,6 +16,17 @@ replacement, from the items the user has no rating for at all. The labelled
 pairs are split at random by ``split`` (train/eval/test fractions). Entities are
 indexed items first (item ``i`` is entity ``i``), then the other KG entities in
 order of first appearance. A seed fixes negatives and split.
+
+Every row is used as documented or the build fails naming ``file:line``: ratings
+must be finite numbers >= 0 (NaN or negative play counts are refused, not
+dropped); a (user, item) rated twice with different values is refused, rated twice
+alike is counted once; an empty or header-only ratings or item file, or ratings
+with no positive of an item that has an entity, are refused. Ratings of items
+without a KG entity are left out as documented above, and counted. What was
+cleaned (byte-order marks, CRLF endings, repeated rows) and left out is counted in
+``meta["cleaned"]``, printed when the dataset is built and logged with every run.
+A KG file with no triples builds (non-KG models can use the ratings), but KG
+models refuse it.
 """
 
 from __future__ import annotations
@@ -32,11 +43,12 @@ from data_prep import protocol as shared
 from data_prep.cache import load_or_build
 from data_prep.errors import DataFormatError, ProtocolError
 from data_prep.kg_dataset import KGRecDataset
-from data_prep.parsing import read_columns
+from data_prep.parsing import rating, read_columns, tally
 from data_prep.sources import data_home, resolve_raw_dir
 
 # Bump when the processed output changes for the same inputs, to invalidate caches.
-BUILDER_VERSION = 1
+# 2: cleaned counts in the metadata; NaN/negative ratings and empty files refused.
+BUILDER_VERSION = 2
 
 ITEM_ENTITY_FILE = "item_index2entity_id.txt"
 KG_FILE = "kg.txt"
@@ -168,19 +180,49 @@ def inverse_popularity_negatives(
     return users, items
 
 
+def _drop_repeated_ratings(path: Path, users, items, ratings, lines, cleaned):
+    """Keep the first of identical repeated (user, item) rows; refuse conflicting ones."""
+    first: dict[tuple[str, str], int] = {}
+    keep = []
+    for row, key in enumerate(zip(users, items, strict=True)):
+        seen = first.setdefault(key, row)
+        if seen == row:
+            keep.append(row)
+        elif ratings[seen] != ratings[row]:
+            raise DataFormatError(
+                f"{path}:{lines[row]}: user {key[0]} rates item {key[1]} {ratings[row]:g}, "
+                f"but {ratings[seen]:g} on line {lines[seen]}"
+            )
+    tally(cleaned, f"repeated_rows.{path.name}", len(users) - len(keep))
+    if len(keep) == len(users):
+        return users, items, ratings
+    return [users[i] for i in keep], [items[i] for i in keep], [ratings[i] for i in keep]
+
+
 def build(protocol: CTRProtocol, raw_dir: Path, checksums: dict[str, str]) -> KGRecDataset:
     """Parse the three files and apply the CTR protocol."""
     _validate(protocol)
-    item_raw, entity_of_item_raw = read_columns(raw_dir / ITEM_ENTITY_FILE, (str, str))
-    heads, relations, tails = read_columns(raw_dir / KG_FILE, (str, str, str))
+    cleaned: dict[str, int] = {}
+    item_raw, entity_of_item_raw = read_columns(
+        raw_dir / ITEM_ENTITY_FILE, (str, str), cleaned=cleaned, min_rows=1
+    )
+    heads, relations, tails = read_columns(raw_dir / KG_FILE, (str, str, str), cleaned=cleaned)
+    ratings_path = raw_dir / protocol.ratings_file
+    lines: list[int] = []
     users_raw, items_of_rating, ratings = read_columns(
-        raw_dir / protocol.ratings_file,
-        (str, str, float),
+        ratings_path,
+        (str, str, rating),
         sep=protocol.ratings_sep,
         header=protocol.ratings_header,
+        cleaned=cleaned,
+        min_rows=1,
+        line_numbers=lines,
     )
     if len(set(item_raw)) != len(item_raw):
         raise DataFormatError(f"{raw_dir / ITEM_ENTITY_FILE}: an item id appears twice")
+    users_raw, items_of_rating, ratings = _drop_repeated_ratings(
+        ratings_path, users_raw, items_of_rating, ratings, lines, cleaned
+    )
 
     # Entities: items first, in file order, so item i is entity i.
     entity_index, item_entity = _index(entity_of_item_raw)
@@ -193,6 +235,7 @@ def build(protocol: CTRProtocol, raw_dir: Path, checksums: dict[str, str]) -> KG
     rating_item = np.array([item_index.get(i, -1) for i in items_of_rating], dtype=np.int64)
     rating_value = np.asarray(ratings, dtype=np.float64)
     keep = rating_item >= 0
+    tally(cleaned, f"without_kg_item.{protocol.ratings_file}", int((~keep).sum()))
     is_positive = keep & (rating_value >= protocol.positive_threshold)
 
     # Users: those with at least one positive, in order of first appearance.
@@ -202,6 +245,11 @@ def build(protocol: CTRProtocol, raw_dir: Path, checksums: dict[str, str]) -> KG
     keep &= rating_user >= 0
     is_positive &= keep
     n_users = len(user_index)
+    if n_users == 0:
+        raise DataFormatError(
+            f"{ratings_path}: no rating >= {protocol.positive_threshold:g} of an item listed in "
+            f"{ITEM_ENTITY_FILE}; there is nothing to learn from"
+        )
 
     rated = np.zeros((n_users, n_items), dtype=bool)
     rated[rating_user[keep], rating_item[keep]] = True
@@ -289,6 +337,7 @@ def build(protocol: CTRProtocol, raw_dir: Path, checksums: dict[str, str]) -> KG
         "relation_names": sorted(relation_index, key=relation_index.get),
         "user_raw_ids": sorted(user_index, key=user_index.get),
         "item_raw_ids": list(item_raw),
+        "cleaned": cleaned,
         "created_unix": int(time.time()),
     }
     return KGRecDataset(graph, splits, item_entity_t, meta)

@@ -15,14 +15,14 @@ Splits are ``int64`` tensors of shape ``[n, 3]`` holding ``(user, item, label)``
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import dgl
 import torch
 
-from data_prep.errors import DataSourceError
+from data_prep.cache import read_meta, save_entry
+from data_prep.errors import CacheError, DataSourceError
 
 SPLITS = ("train", "eval", "test")
 GRAPH_FILE = "graph.bin"
@@ -94,21 +94,28 @@ class KGRecDataset:
         return graph
 
     def save(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+        """Write the entry atomically, the metadata (with the files' SHA-256) last."""
         tensors = {f"split_{name}": self.splits[name] for name in SPLITS}
         tensors["item_entity"] = self.item_entity
-        # Write the metadata last: its presence marks a complete cache entry.
-        dgl.save_graphs(str(directory / GRAPH_FILE), [self.graph], tensors)
-        (directory / META_FILE).write_text(json.dumps(self.meta, indent=2))
+
+        def write_graph(path: Path) -> None:
+            dgl.save_graphs(str(path), [self.graph], tensors)
+
+        save_entry(directory, {GRAPH_FILE: write_graph}, self.meta)
 
     @classmethod
     def load(cls, directory: Path) -> KGRecDataset:
-        meta_path = directory / META_FILE
-        if not meta_path.is_file():
+        """The entry at ``directory``; :class:`CacheError` if it fails its checksums."""
+        if not (directory / META_FILE).is_file():
             raise DataSourceError(f"{directory}: no processed dataset here (missing {META_FILE})")
-        graphs, tensors = dgl.load_graphs(str(directory / GRAPH_FILE))
-        splits = {name: tensors[f"split_{name}"] for name in SPLITS}
-        return cls(graphs[0], splits, tensors["item_entity"], json.loads(meta_path.read_text()))
+        meta = read_meta(directory, [GRAPH_FILE])
+        try:
+            graphs, tensors = dgl.load_graphs(str(directory / GRAPH_FILE))
+            splits = {name: tensors[f"split_{name}"] for name in SPLITS}
+            item_entity = tensors["item_entity"]
+        except Exception as exc:  # noqa: BLE001 (DGL's C++ errors; checksums passed, so rare)
+            raise CacheError(f"{GRAPH_FILE} unreadable ({type(exc).__name__})") from None
+        return cls(graphs[0], splits, item_entity, meta)
 
     @staticmethod
     def exists(directory: Path) -> bool:

@@ -133,9 +133,17 @@ def fit(recipe, overrides, seed, resume_run_id, seeds) -> None:
     With --resume RUN_ID the run's own resolved recipe is used (RECIPE may be
     left out); --set train.epochs=N may extend it.
     """
+    import signal
+
+    from dglrec.errors import RunInterrupted
     from dglrec.runs import pipeline
     from dglrec.runs.recipes import load_recipe
 
+    def stop(signum, frame):
+        # Outside the epoch loop (which installs its own flag) SIGTERM stops like Ctrl-C.
+        raise RunInterrupted(None, signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, stop)
     if seeds is not None:
         if resume_run_id or recipe is None:
             raise click.UsageError("--seeds needs a RECIPE and cannot resume a run")
@@ -152,21 +160,22 @@ def fit(recipe, overrides, seed, resume_run_id, seeds) -> None:
                 raise click.UsageError(
                     f"{recipe} differs from run {resume_run_id}'s recipe in: {', '.join(differing)}"
                 )
+    elif recipe is None:
+        raise click.UsageError("give a RECIPE, or --resume RUN_ID")
+    else:
+        cfg, state = load_recipe(recipe, list(overrides), seed=seed), None
+    try:
         run_id, result = pipeline.fit(
             cfg, resume_run_id=resume_run_id, resume_state=state, log=_echo
         )
-    else:
-        if recipe is None:
-            raise click.UsageError("give a RECIPE, or --resume RUN_ID")
-        cfg = load_recipe(recipe, list(overrides), seed=seed)
-        try:
-            run_id, result = pipeline.fit(cfg, log=_echo)
-        except KeyboardInterrupt:
-            _echo(
-                "interrupted: the last finished epoch is checkpointed; "
-                "continue with `dglrec fit --resume RUN_ID`"
-            )
-            sys.exit(130)
+    except KeyboardInterrupt as exc:
+        if not isinstance(exc, RunInterrupted):
+            exc = RunInterrupted(None)
+        if exc.run_id is None:
+            _echo(f"interrupted by {exc.signal_name} before a run was opened; nothing to resume")
+        else:
+            _echo(str(exc))
+        sys.exit(143 if exc.signal_name == "SIGTERM" else 130)
     from dglrec.training.loop import describe
 
     click.echo(f"run {run_id}: best epoch {result.best_epoch}, test {describe(result.test)}")
@@ -354,14 +363,24 @@ def task(group_dir, index, finalize) -> None:
     signal.signal(signal.SIGTERM, stop_after_this_batch)  # preempted, requeued or cancelled
     try:
         run_id = run_task(group, index, log=_echo)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         job = os.environ.get("SLURM_JOB_ID")
         if signal.SIGUSR1 in received and job:
             subprocess.run(["scontrol", "requeue", job], check=False)
             _echo(f"task {index}: time limit near; checkpointed and requeued job {job}")
             sys.exit(0)
-        _echo(f"task {index}: stopped; the last finished epoch is checkpointed")
-        sys.exit(143 if signal.SIGTERM in received else 130)
+        # The epoch loop takes SIGTERM itself while it runs; it names the signal.
+        terminated = signal.SIGTERM in received or getattr(exc, "signal_name", "") == "SIGTERM"
+        run = getattr(exc, "run_id", None)
+        _echo(
+            f"task {index}: stopped; the last finished epoch is checkpointed"
+            + (
+                f" (run {run} KILLED); continue with `dglrec task {group_dir} --index {index}`"
+                if run
+                else ""
+            )
+        )
+        sys.exit(143 if terminated else 130)
     click.echo(f"task {index}: run {run_id}")
 
 
@@ -489,12 +508,13 @@ def ui(host, port) -> None:
 
     Compare runs side by side: tick them in the runs table, then "Compare".
     """
-    from dglrec.runs.server import ui_command
+    from dglrec.runs.server import check_port_free, ui_command
 
     command = ui_command(host, port)
     if isinstance(command, str):
         click.echo(f"$MLFLOW_TRACKING_URI is a tracking server: open {command}")
         return
+    check_port_free(host, port)
     _exec(command)
 
 
@@ -519,9 +539,11 @@ def ui(host, port) -> None:
 @click.option("--workers", type=int, help="Server worker processes.")
 def server(backend_store_uri, artifacts_destination, host, port, workers) -> None:
     """A shared MLflow tracking server; jobs log to it with MLFLOW_TRACKING_URI=http://HOST:PORT."""
-    from dglrec.runs.server import server_command
+    from dglrec.runs.server import check_port_free, server_command
 
-    _exec(server_command(backend_store_uri, artifacts_destination, host, port, workers))
+    command = server_command(backend_store_uri, artifacts_destination, host, port, workers)
+    check_port_free(host, port)
+    _exec(command)
 
 
 @main.command("models")

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import tomllib
 import types
 import typing
@@ -430,6 +432,7 @@ def resolve(
         resolved.setdefault(key, default)
     kwargs["model"] = resolved
     cfg = RecipeConfig(**kwargs)
+    validate_ranges(cfg, {k: d for k, (_, d) in hparams.items()})
     metrics = TASK_METRICS[cfg.task.kind]
     if cfg.eval.select_metric not in metrics:
         raise ConfigError(
@@ -484,6 +487,112 @@ def _check_protocol_switches(cfg: RecipeConfig) -> None:
             "data.split: the eval fraction is 0, but eval.select_on = 'eval' selects the "
             "epoch on the eval split (set eval.select_on = 'test' for the LEAKY protocol)"
         )
+
+
+# ---------------------------------------------------------------- value ranges
+# Types are checked by coerce(); these are the values each key may take. A value
+# outside them would otherwise reach torch or numpy (a traceback, a division by
+# zero, or a run opened and left FAILED), sometimes only after training. One
+# table, checked by resolve() before any data is built or run opened.
+Rule = tuple[Callable[[Any], bool], str]
+
+
+def _finite(v: Any) -> bool:
+    return v is None or not isinstance(v, float) or math.isfinite(v)
+
+
+def _at_least(low: float) -> Rule:
+    return (lambda v: v >= low), f"a number >= {low:g}"
+
+
+def _int_at_least(low: int) -> Rule:
+    return (lambda v: v >= low), f"an integer >= {low}"
+
+
+POSITIVE: Rule = (lambda v: v > 0), "a number > 0"
+SEED: Rule = (lambda v: v is None or 0 <= v < 2**32), "an integer in [0, 2**32)"
+SLURM_TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
+SLURM_MEM = re.compile(r"^\d+[KMGT]?$")
+
+
+def _split_ok(split: list[float]) -> bool:
+    return len(split) == 3 and all(f >= 0 for f in split) and abs(sum(split) - 1) <= 1e-6
+
+
+VALUE_RULES: dict[str, Rule] = {
+    "seed": SEED,
+    "data.split": (_split_ok, "three non-negative fractions (train, eval, test) summing to 1"),
+    "data.split_seed": SEED,
+    "data.negatives_per_positive": _int_at_least(1),
+    "data.ratings_sep": (lambda v: v != "", "a non-empty separator"),
+    "data.name": (lambda v: v.strip() != "" and "/" not in v, "a non-empty name without '/'"),
+    "sampler.n_neighbors": _int_at_least(1),
+    "train.epochs": _int_at_least(1),
+    "train.batch_size": _int_at_least(1),
+    # 0 is allowed: nothing changes (tests of early stopping use it).
+    "train.lr": _at_least(0),
+    "train.l2": _at_least(0),
+    "train.patience": _int_at_least(0),
+    "train.kge_interval": _int_at_least(1),
+    "train.lr_kge": _at_least(0),
+    "train.lr_decay": ((lambda v: 0 < v <= 1), "a number in (0, 1]"),
+    "eval.batch_size": _int_at_least(1),
+    "eval.threshold": ((lambda v: 0 < v < 1), "a number in (0, 1)"),
+    "eval.ranking_ks": ((lambda v: all(k >= 1 for k in v)), "a list of integers >= 1"),
+    "eval.ranking_users": _int_at_least(1),
+    "pretrain.epochs": _int_at_least(1),
+    "pretrain.batch_size": _int_at_least(1),
+    "pretrain.lr": POSITIVE,
+    "pretrain.margin": POSITIVE,
+    "cluster.time": (
+        lambda v: bool(SLURM_TIME.match(v)),
+        'Slurm\'s "MM", "HH:MM:SS" or "D-HH:MM:SS"',
+    ),
+    "cluster.cpus": _int_at_least(1),
+    "cluster.mem": (lambda v: bool(SLURM_MEM.match(v)), 'Slurm\'s memory, e.g. "8G" or "16000M"'),
+    "cluster.gpus": _int_at_least(0),
+    "cluster.max_parallel": _int_at_least(0),
+    "cluster.requeue_grace": _int_at_least(0),
+}
+
+
+def _model_rule(value: Any, default: Any) -> Rule | None:
+    """Model hyper-parameters: ints are sizes and counts, floats weights and scales.
+
+    An int must be >= 1 where its default is (``dim``, ``n_layers``...), else >= 0
+    (``biased_mf``'s ``dim = 0``: no factors); a float must be finite and >= 0.
+    """
+    if isinstance(value, bool) or isinstance(default, bool):
+        return None
+    if isinstance(value, int) and isinstance(default, int):
+        return _int_at_least(1 if default >= 1 else 0)
+    if isinstance(value, float):
+        return _at_least(0)
+    return None
+
+
+def _bad_value(key: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"{key}: expected {allowed}, got {toml_value(value)}")
+
+
+def validate_ranges(cfg: RecipeConfig, model_defaults: dict[str, Any]) -> None:
+    """Check every value of ``cfg`` against :data:`VALUE_RULES` and the model's ranges.
+
+    Raises :class:`ConfigError` with the key, the value and what is allowed, e.g.
+    ``train.lr: expected a number > 0, got -1.0``. NaN and infinities are refused everywhere.
+    """
+    flat = cfg.flat()
+    for key, value in flat.items():
+        values = value if isinstance(value, list) else [value]
+        if not all(_finite(v) for v in values):
+            raise _bad_value(key, value, "a finite number")
+    for key, (ok, allowed) in VALUE_RULES.items():
+        if not ok(flat[key]):
+            raise _bad_value(key, flat[key], allowed)
+    for key, value in cfg.model_kwargs.items():
+        rule = _model_rule(value, model_defaults.get(key))
+        if rule is not None and not rule[0](value):
+            raise _bad_value(f"model.{key}", value, rule[1])
 
 
 def load_recipe(

@@ -185,5 +185,8 @@ def test_a_zero_play_count_is_named_with_its_file(tiny_hetrec, tmp_path):
     shutil.copytree(tiny_hetrec, raw)
     with open(raw / "user_artists.dat", "a") as f:
         f.write("9999\t10\t0\n")
-    with pytest.raises(DataFormatError, match=r"user_artists.dat: play count 0 for user 9999"):
+    last_line = len((raw / "user_artists.dat").read_text().splitlines())
+    with pytest.raises(
+        DataFormatError, match=rf"user_artists.dat:{last_line}: play count 0 for user 9999"
+    ):
         build(EdgeProtocol(dataset="tiny-hetrec"), raw, {})

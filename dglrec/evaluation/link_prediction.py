@@ -6,6 +6,8 @@ from the candidates before the true entity is ranked; ties count in its favour.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -40,7 +42,11 @@ class KnownTriples:
 
 @torch.no_grad()
 def link_prediction_metrics(
-    model, triples: torch.Tensor, known: torch.Tensor, batch_size: int = 512
+    model,
+    triples: torch.Tensor,
+    known: torch.Tensor,
+    batch_size: int = 512,
+    check: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """Filtered MRR, MR and Hits@{1,3,10} over head and tail prediction of ``triples``.
 
@@ -48,10 +54,13 @@ def link_prediction_metrics(
         model: a TransE (``distance_to_all``).
         triples: ``[n, 3]`` triples to rank.
         known: every true triple (all splits), to filter the candidates.
+        check: called before each batch; raises to stop (the trainer's interrupt check).
     """
     index = KnownTriples(known, model.entity_emb.num_embeddings, model.relation_emb.num_embeddings)
     ranks = []
     for start in range(0, len(triples), batch_size):
+        if check is not None:
+            check()
         h, r, t = triples[start : start + batch_size].unbind(1)
         rows = torch.arange(len(h))
         for predict, anchor, target in (("tail", h, t), ("head", t, h)):

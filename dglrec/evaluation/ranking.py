@@ -86,6 +86,7 @@ def evaluate_ranking(
     ks: list[int],
     chunk_users: int = 64,
     split: str = "test",
+    check: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """Top-K metrics of a scoring function on a held-out split (see the module docstring).
 
@@ -97,6 +98,7 @@ def evaluate_ranking(
         ks: the cut-offs K.
         chunk_users: users scored at a time (memory: ``chunk_users × n_items`` scores).
         split: the split's name, for the progress bar.
+        check: called before each chunk; raises to stop (the trainer's interrupt check).
     """
     seen = positives_by_user(train, n_users, n_items)
     relevant = positives_by_user(held_out, n_users, n_items) & ~seen
@@ -108,6 +110,8 @@ def evaluate_ranking(
     items = torch.arange(n_items)
     chunks = range(0, len(users), chunk_users)
     for start in tqdm(chunks, desc=f"ranking {split}", leave=False, disable=None):
+        if check is not None:
+            check()
         chunk = users[start : start + chunk_users]
         pairs = torch.stack(
             [

@@ -75,6 +75,11 @@ def model_hparams(name: Any) -> dict[str, tuple[Any, Any]]:
     return out
 
 
+def uses_kg(name: str) -> bool:
+    """Whether the model reads the KG (it is built with ``n_relations``)."""
+    return "n_relations" in inspect.signature(get_model(name).__init__).parameters
+
+
 def build_model(name: str, graph_args: dict[str, int], hparams: dict[str, Any]):
     """Instantiate a registered model with the graph metadata it asks for."""
     cls = get_model(name)

@@ -20,9 +20,9 @@ from data_prep.edge_dataset import EdgeRegressionDataset
 from data_prep.kg_dataset import KGRecDataset
 from dglrec.config import RecipeConfig, apply_overrides, parse_override
 from dglrec.data import load_dataset
-from dglrec.errors import ConfigError, RunError
+from dglrec.errors import ConfigError, RunError, RunInterrupted
 from dglrec.models.base import TrainingTensors
-from dglrec.models.registry import build_model, get_model
+from dglrec.models.registry import build_model, get_model, uses_kg
 from dglrec.runs import tracking
 from dglrec.runs.recipes import model_objective, resolve
 from dglrec.sampling.blocks import PairSampler, build_sampler
@@ -30,7 +30,7 @@ from dglrec.seeding import ADJACENCY_STREAM, derived_seed, seed_everything
 from dglrec.training.ctr import CTRTrainer
 from dglrec.training.edge import EdgeRegressionTrainer
 from dglrec.training.kge import kge_trainer, pretrained_tables
-from dglrec.training.loop import EpochTrainer, FitResult
+from dglrec.training.loop import EpochTrainer, FitResult, fault_point
 
 Log = Callable[[str], None]
 
@@ -62,9 +62,13 @@ def build(cfg: RecipeConfig, dataset=None, log: Log = print) -> Setup:
     if cfg.model["init"] == "transe" and not capabilities.kge_init:
         raise ConfigError(f"model.init: {cfg.model_name} cannot start from TransE tables")
     dataset = dataset if dataset is not None else load_dataset(cfg, log)
+    if uses_kg(cfg.model_name) and not dataset.meta["stats"].get("triples", 1):
+        raise ConfigError(
+            f"model.name: {cfg.model_name} reads the knowledge graph, but {cfg.data.name}'s "
+            "KG has no triples"
+        )
     seed_everything(cfg.seed)
-    graph_args = dataset.graph_args()
-    model = build_model(cfg.model_name, graph_args, cfg.model_kwargs)
+    model = _build_model(cfg, dataset.graph_args())
     if capabilities.binds == "training_edges":
         train = dataset.edges_of("train")  # training scores only
         users, items = dataset.user_item(train)
@@ -78,6 +82,20 @@ def build(cfg: RecipeConfig, dataset=None, log: Log = print) -> Setup:
     if capabilities.task != "ctr":
         return Setup(cfg, dataset, model, None)
     return Setup(cfg, dataset, model, sampler_for(cfg, model))
+
+
+def _build_model(cfg: RecipeConfig, graph_args: dict[str, int]) -> torch.nn.Module:
+    """The model, or a :class:`ConfigError` naming ``model.<key>`` if it rejects its values.
+
+    Ranges in :mod:`dglrec.config` catch most bad values; what only the model knows
+    (combinations of keys) surfaces here as its ``ValueError``, before any run is opened.
+    """
+    try:
+        return build_model(cfg.model_name, graph_args, cfg.model_kwargs)
+    except ValueError as exc:
+        named = [k for k in cfg.model_kwargs if k in str(exc)] or list(cfg.model_kwargs)
+        keys = ", ".join(f"model.{k} = {cfg.model[k]!r}" for k in named)
+        raise ConfigError(f"{keys}: {cfg.model_name} rejects this: {exc}") from None
 
 
 def training_tensors(dataset: KGRecDataset, seed: int) -> TrainingTensors:
@@ -165,34 +183,64 @@ def fit(
     """Train a recipe into an MLflow run, new or resumed from a checkpoint of that run.
 
     ``extra_tags`` (e.g. a batch task and its Slurm job id) are set on new and resumed runs.
+    The tracking store is checked first (a server that does not answer fails in
+    seconds), then the data and model are built, and only then is a run opened.
+    A signal stops the run KILLED with :class:`RunInterrupted` carrying its id.
     """
+    tracking.configure()
     if resume_run_id is not None and resume_state is None:
         resume_state = load_checkpoint(resume_run_id)
     setup = build(cfg, log=log)
-    with tracking.MlflowRun(
-        cfg.tracking.experiment or cfg.data.name,
-        run_name=run_name_of(cfg),
-        run_id=resume_run_id,
-        parent_run_id=parent_run_id,
-    ) as run:
-        log(f"MLflow run {run.run_id} ({tracking.configure()})")
-        if resume_run_id is None:
-            run.log_params(cfg.flat())
-            run.set_tags(run_tags(cfg, setup.dataset))
-            run.log_text(cfg.to_toml(), "recipe.toml")
-            run.log_metrics({f"data_{k}": v for k, v in setup.dataset.meta["stats"].items()})
-        if extra_tags:
-            run.set_tags(extra_tags)
-        trainer = trainer_for(setup, run, log)
-        result = trainer.fit(resume=resume_state)
-        if isinstance(trainer, CTRTrainer):
-            log_test_predictions(trainer, run)
-        run.log_metrics({f"test_{k}": v for k, v in result.test.items()})
-        run.log_metrics({"best_epoch": result.best_epoch})
-        run.log_metrics({f"best_eval_{k}": v for k, v in result.best_eval.items()})
-        if cfg.tracking.log_model:
-            run.log_model(setup.model)
-        return run.run_id, result
+    run_id = None
+    try:
+        with tracking.MlflowRun(
+            cfg.tracking.experiment or cfg.data.name,
+            run_name=run_name_of(cfg),
+            run_id=resume_run_id,
+            parent_run_id=parent_run_id,
+        ) as run:
+            run_id = run.run_id
+            log(f"MLflow run {run.run_id} ({tracking.configure()}; artifacts {run.artifact_uri})")
+            if resume_run_id is None:
+                run.log_params(cfg.flat())
+                run.set_tags(run_tags(cfg, setup.dataset))
+                run.log_text(cfg.to_toml(), "recipe.toml")
+                run.log_metrics(data_metrics(setup.dataset.meta))
+            if extra_tags:
+                run.set_tags(extra_tags)
+            trainer = trainer_for(setup, run, log)
+            result = trainer.fit(resume=resume_state)
+            if isinstance(trainer, CTRTrainer):
+                log_test_predictions(trainer, run)
+            last_epoch = result.history[-1]["epoch"] if result.history else 0
+            fault_point("before_test_metrics", last_epoch)
+            # One call, so that a kill leaves all of them logged or none; at the step of
+            # the last epoch trained, so that a finished run trained longer adds a point
+            # at a new step rather than a second one at the same step.
+            # A resumed run killed after logging them (while logging the model) has them.
+            if resume_run_id is None or last_epoch not in run.logged_steps("best_epoch"):
+                run.log_metrics(
+                    {
+                        **{f"test_{k}": v for k, v in result.test.items()},
+                        "best_epoch": result.best_epoch,
+                        **{f"best_eval_{k}": v for k, v in result.best_eval.items()},
+                    },
+                    step=last_epoch,
+                )
+            if cfg.tracking.log_model:
+                run.log_model(setup.model)
+            return run.run_id, result
+    except KeyboardInterrupt as exc:
+        if run_id is None or isinstance(exc, RunInterrupted) and exc.run_id == run_id:
+            raise
+        raise RunInterrupted(run_id, getattr(exc, "signal_name", "SIGINT")) from None
+
+
+def data_metrics(meta: dict) -> dict[str, float]:
+    """The dataset's statistics and what its build cleaned, as ``data_*`` metrics."""
+    metrics = {f"data_{k}": v for k, v in meta["stats"].items()}
+    metrics.update({f"data_cleaned_{k}": v for k, v in meta.get("cleaned", {}).items()})
+    return metrics
 
 
 PREDICTIONS_ARTIFACT = "predictions/test.npz"
@@ -228,8 +276,18 @@ def trainer_for(setup: Setup, tracker=None, log: Log = print) -> EpochTrainer:
 
 
 def load_checkpoint(run_id: str, name: str = "last.pt") -> dict:
+    """A run's checkpoint, or a one-line :class:`RunError` if it is missing or unreadable."""
     path = tracking.download_artifact(run_id, f"checkpoints/{name}")
-    return torch.load(path, map_location="cpu")
+    try:
+        state = torch.load(path, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 (truncated or garbled: zip, pickle or torch errors)
+        raise RunError(
+            f"run {run_id}: checkpoints/{name} is unreadable ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'corrupted'}); it cannot be resumed"
+        ) from None
+    if not isinstance(state, dict) or "config" not in state:
+        raise RunError(f"run {run_id}: checkpoints/{name} is not a dglrec checkpoint")
+    return state
 
 
 # What a resumed run may change: how long it goes on, nothing that alters its results so far.
@@ -246,13 +304,21 @@ def resume_point(run_id: str, overrides: list[str] | None = None) -> tuple[Recip
                 f"--set {key}: a resumed run keeps its recipe; only "
                 f"{', '.join(RESUME_OVERRIDES)} may change"
             )
+    status = tracking.run_status(run_id)  # RunError if there is no such run
     state = load_checkpoint(run_id)
     raw = apply_overrides(copy.deepcopy(state["config"]), overrides)
     data = raw.setdefault("data", {})
     if "train_negatives" not in data and model_objective(raw["model"]["name"]) != "bpr":
         # Checkpoints of dglrec 0.1.0 predate the switch: those runs trained on fixed negatives.
         data["train_negatives"] = "fixed"
-    return resolve(raw), state
+    cfg = resolve(raw)
+    if status == "FINISHED" and cfg.train.epochs <= state["epoch"]:
+        raise RunError(
+            f"run {run_id} already finished after epoch {state['epoch']}; nothing to resume "
+            f"(`dglrec evaluate {run_id}` re-scores it; --set train.epochs=N with N > "
+            f"{state['epoch']} trains it longer)"
+        )
+    return cfg, state
 
 
 def config_of_run(run_id: str) -> RecipeConfig:

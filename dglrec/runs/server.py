@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
 from pathlib import Path
 
 from dglrec.errors import ConfigError
-from dglrec.runs.tracking import LOCAL_STORE, local_store_uri
+from dglrec.runs.tracking import LOCAL_STORE, local_store_uri, sqlite_artifact_root
 
 
 def mlflow_executable() -> list[str]:
@@ -33,6 +34,22 @@ def mlflow_executable() -> list[str]:
     return [found] if found else [sys.executable, "-m", "mlflow"]
 
 
+def check_port_free(host: str, port: int) -> None:
+    """A one-line :class:`ConfigError` if ``host:port`` cannot be listened on (e.g. in use).
+
+    MLflow's server would log the failure and still exit 0 (its workers fail, not it).
+    """
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError as exc:
+        raise ConfigError(
+            f"--host {host} --port {port}: cannot listen there ({exc.strerror}); "
+            "choose another --port"
+        ) from None
+
+
 def ui_command(host: str = "127.0.0.1", port: int = 5000) -> list[str] | str:
     """The ``mlflow ui`` command line for the project's store, or the server URL to open."""
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
@@ -40,8 +57,9 @@ def ui_command(host: str = "127.0.0.1", port: int = 5000) -> list[str] | str:
         return uri
     backend = uri or local_store_uri()
     command = [*mlflow_executable(), "ui", "--backend-store-uri", backend]
-    if not uri:  # new experiments' artifacts next to the database, as dglrec fit puts them
-        command += ["--default-artifact-root", (LOCAL_STORE / "artifacts").resolve().as_uri()]
+    root = sqlite_artifact_root(backend)
+    if root is not None:  # new experiments' artifacts next to the database, as dglrec fit puts them
+        command += ["--default-artifact-root", root.as_uri()]
     return command + ["--host", host, "--port", str(port)]
 
 

@@ -9,6 +9,12 @@ Several processes may log at once (local sweep workers, jobs on one node): the
 SQLite store is switched to write-ahead logging, created under a file lock (two
 first users would otherwise both create its tables), and every write that meets
 SQLite's "database is locked" is retried with backoff rather than lost.
+
+A tracking server that does not answer fails the command within seconds, with one
+line: :func:`configure` asks its ``/health`` once, before any data is built, and
+MLflow's own HTTP retries are shortened (unless the user set them). With any
+SQLite store, the default's or the user's own, artifacts go to ``artifacts/``
+beside the database file, and the run's first line says where.
 """
 
 from __future__ import annotations
@@ -20,11 +26,15 @@ import importlib
 import logging
 import os
 import random
+import shutil
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +42,11 @@ from typing import Any
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # Artifacts here are small; a progress bar per download only clutters the output.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# MLflow's defaults (7 retries, backoff factor 2, 120 s timeout) make a request to a
+# server that went away take minutes; these give up within about ten seconds.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 import mlflow  # noqa: E402
 import mlflow.pytorch  # noqa: E402
@@ -52,7 +67,36 @@ def configure() -> str:
     mlflow.set_tracking_uri(uri)
     if uri.startswith("sqlite:///") and uri not in _READY:
         _prepare_sqlite(uri)
+    if uri.startswith(("http://", "https://")) and uri not in _READY:
+        probe_server(uri)
+        _READY.add(uri)
     return uri
+
+
+# Seconds the /health probe waits for a tracking server.
+PROBE_TIMEOUT = 5.0
+
+
+def probe_server(uri: str) -> None:
+    """Raise a one-line :class:`RunError` unless the tracking server at ``uri`` answers."""
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT):
+            pass
+    except urllib.error.HTTPError:
+        return  # it answers (a proxy or an older server without /health)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise RunError(
+            f"MLFLOW_TRACKING_URI={uri}: no MLflow tracking server answers there ({reason}); "
+            "start one (`dglrec server`) or unset MLFLOW_TRACKING_URI for the local store"
+        ) from None
+
+
+def sqlite_artifact_root(uri: str) -> Path | None:
+    """``artifacts/`` beside a SQLite store's database file (None for other stores)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///")).resolve().parent / "artifacts"
 
 
 _READY: set[str] = set()
@@ -110,9 +154,9 @@ def _experiment_id(name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    location = None
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        location = (LOCAL_STORE / "artifacts").resolve().as_uri()
+    # Beside the database, not MLflow's default ./mlruns of whatever directory a fit runs in.
+    root = sqlite_artifact_root(mlflow.get_tracking_uri())
+    location = root.as_uri() if root is not None else None
     try:
         return client.create_experiment(name, artifact_location=location)
     except MlflowException:  # created meanwhile by a concurrent fit
@@ -167,6 +211,7 @@ class MlflowRun:
                 tags={"mlflow.parentRunId": parent_run_id} if parent_run_id else None,
             )
         self.run_id = self._run.info.run_id
+        self.artifact_uri = self._run.info.artifact_uri
 
     def __enter__(self) -> MlflowRun:
         return self
@@ -193,7 +238,35 @@ class MlflowRun:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        mlflow.log_artifact(str(path), artifact_path)
+        """Log a file; into a local artifact store atomically (temp file, fsync, rename).
+
+        A kill at any instant leaves the previous version (a checkpoint) or the new
+        one whole, never a truncated file in its place.
+        """
+        uri = mlflow.get_artifact_uri(artifact_path)
+        parsed = urllib.parse.urlparse(uri)
+        if parsed.scheme not in ("", "file"):  # a server (mlflow-artifacts:/, s3://...)
+            mlflow.log_artifact(str(path), artifact_path)
+            return
+        directory = Path(urllib.request.url2pathname(parsed.path))
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / Path(path).name
+        partial = directory / f".{target.name}.{os.getpid()}.partial"
+        with open(path, "rb") as source, open(partial, "wb") as out:
+            shutil.copyfileobj(source, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial, target)
+        descriptor = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)  # the rename itself survives a power loss
+        finally:
+            os.close(descriptor)
+
+    @retry_locked
+    def logged_steps(self, key: str) -> set[int]:
+        """The steps at which this run has logged ``key``."""
+        return {m.step for m in MlflowClient().get_metric_history(self.run_id, key)}
 
     @retry_locked
     def log_text(self, text: str, artifact_file: str) -> None:
@@ -220,6 +293,15 @@ def get_run(run_id: str):
     except MlflowException:
         raise RunError(f"no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}") from None
     return run.data.params, run.data.metrics, run.data.tags
+
+
+def run_status(run_id: str) -> str:
+    """``RUNNING``, ``FINISHED``, ``FAILED`` or ``KILLED``; a :class:`RunError` if no such run."""
+    configure()
+    try:
+        return MlflowClient().get_run(run_id).info.status
+    except MlflowException:
+        raise RunError(f"no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}") from None
 
 
 def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:

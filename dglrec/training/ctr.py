@@ -138,6 +138,8 @@ class CTRTrainer(EpochTrainer):
             else torch.arange(len(pairs))
         )
         for start in range(0, len(pairs), batch_size):
+            # Scoring (eval, test, ranking) goes through here too: a signal stops it.
+            self.check_interrupt()
             chunk = pairs[order[start : start + batch_size]]
             batch = self.sampler.sample(self.kg, chunk, self.dataset.item_entity, self.model)
             yield batch.to(self.cfg.train.device)
@@ -181,6 +183,7 @@ class CTRTrainer(EpochTrainer):
                     self.dataset.n_items,
                     self.cfg.eval.ranking_ks,
                     self.cfg.eval.ranking_users,
+                    check=self.check_interrupt,
                 )
             )
             self.log(

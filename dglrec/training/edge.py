@@ -208,7 +208,10 @@ class EdgeRegressionTrainer(EpochTrainer):
                 chunk = slice(start, start + EVAL_BATCH)
                 return self.model(users[chunk].to(device), items[chunk].to(device))
 
-        out = [predict(s).prediction.cpu() for s in range(0, len(eids), EVAL_BATCH)]
+        out = []
+        for start in range(0, len(eids), EVAL_BATCH):
+            self.check_interrupt()
+            out.append(predict(start).prediction.cpu())
         return torch.cat(out).numpy() if out else np.zeros(0)
 
     def evaluate(self, split: str) -> dict:

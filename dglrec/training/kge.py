@@ -116,7 +116,9 @@ class KGETrainer(EpochTrainer):
         if len(self.triples[split]) == 0:
             return {}
         self.model.eval()
-        return link_prediction_metrics(self.model, self.triples[split], self.known)
+        return link_prediction_metrics(
+            self.model, self.triples[split], self.known, check=self.check_interrupt
+        )
 
 
 def pretrained_tables(

@@ -10,23 +10,33 @@ A trainer (:class:`EpochTrainer` subclass) supplies what differs between tasks:
   ``kge_optimizer`` and ``scheduler``).
 
 The loop, written once here: after each epoch the eval split is scored, the
-epoch is logged (``epoch_seconds``, ``train_*``, ``eval_*`` at step ``epoch``),
-the best epoch by the eval ``select_metric`` is kept, and two checkpoints are
-written (``best.pt`` when it improved, ``last.pt`` always) before the epoch's
-line is printed; ``patience`` epochs without improvement stop early. At the end
-the best epoch's weights are restored and test is scored once. A run resumed
-from ``last.pt`` continues exactly as the uninterrupted run would have, since
-every epoch's randomness is derived from ``(seed, epoch)`` (:mod:`dglrec.seeding`).
+best epoch by the eval ``select_metric`` is kept, two checkpoints are written
+(``best.pt`` when it improved, ``last.pt`` always), and only then is the epoch
+logged (``epoch_seconds``, ``train_*``, ``eval_*`` at step ``epoch``) and its line
+printed; ``patience`` epochs without improvement stop early. At the end the best
+epoch's weights are restored and test is scored once. A run resumed from
+``last.pt`` continues exactly as the uninterrupted run would have, since every
+epoch's randomness is derived from ``(seed, epoch)`` (:mod:`dglrec.seeding`).
 
-Ctrl-C (SIGINT) sets a flag that the trainers check between batches: the run
-stops with :class:`KeyboardInterrupt` at a clean point, every finished epoch
-already checkpointed.
+Every epoch's metrics appear exactly once, whatever instant the process dies:
+an epoch killed before its checkpoint is redone on resume and logged then; one
+killed between its checkpoint and its metrics is in ``last.pt``'s history, and
+the resume logs the steps of that history the run lacks.
+
+SIGINT (Ctrl-C) and SIGTERM set a flag that the trainers check between batches,
+in training, evaluation, the final test and the full ranking alike: the run stops
+with :class:`~dglrec.errors.RunInterrupted` (a :class:`KeyboardInterrupt`) at a
+clean point, every finished epoch already checkpointed.
+
+``$DGLREC_FAULT=POINT:EPOCH`` makes the process kill itself (SIGKILL) at a named
+point of that epoch (:func:`fault_point`): the tests use it to die at exact instants.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import signal
 import tempfile
 import threading
@@ -38,9 +48,20 @@ from pathlib import Path
 import torch
 
 from dglrec.config import RecipeConfig
+from dglrec.errors import RunInterrupted
 from dglrec.evaluation.metrics import HIGHER_IS_BETTER
 
 Log = Callable[[str], None]
+
+FAULT_ENV = "DGLREC_FAULT"
+# The signals that stop a fit at its next batch (SIGTERM: a scheduler, `kill`).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def fault_point(name: str, epoch: int) -> None:
+    """SIGKILL this process if ``$DGLREC_FAULT`` is ``name:epoch`` (fault-injection tests)."""
+    if os.environ.get(FAULT_ENV) == f"{name}:{epoch}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class NullTracker:
@@ -50,6 +71,9 @@ class NullTracker:
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
         pass
+
+    def logged_steps(self, key: str) -> set[int]:
+        return set()
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         pass
@@ -126,7 +150,7 @@ class EpochTrainer:
         self.kge_optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
         self.epoch_losses: dict[str, float] = {}
-        self._interrupted = False
+        self._interrupted: str | None = None
 
     # ------------------------------------------------------------ supplied by trainers
     def train_epoch(self, epoch: int) -> float:
@@ -155,9 +179,9 @@ class EpochTrainer:
         return trainable
 
     def check_interrupt(self) -> None:
-        """Raise :class:`KeyboardInterrupt` if Ctrl-C was pressed (call between batches)."""
+        """Raise :class:`RunInterrupted` if SIGINT or SIGTERM arrived (call between batches)."""
         if self._interrupted:
-            raise KeyboardInterrupt
+            raise RunInterrupted(self.tracker.run_id, self._interrupted)
 
     def _step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
         # Gradients of every parameter are cleared, not only this optimizer's: the
@@ -206,19 +230,22 @@ class EpochTrainer:
         # A KeyboardInterrupt raised wherever the signal lands can be swallowed by
         # library code (database retries, C extensions); a flag checked between
         # batches always stops the loop at a clean point.
-        self._interrupted = False
+        self._interrupted = None
         if threading.current_thread() is not threading.main_thread():
             yield
             return
 
         def request_stop(signum, frame):
-            self._interrupted = True
+            self._interrupted = signal.Signals(signum).name
 
-        previous = signal.signal(signal.SIGINT, request_stop)
+        previous = {signum: signal.signal(signum, request_stop) for signum in STOP_SIGNALS}
         try:
             yield
+            # A signal that arrived after the last check (e.g. during the last log line).
+            self.check_interrupt()
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def _evaluate_only(self) -> FitResult:
         """Models with nothing to train (Pop): eval and test are scored once."""
@@ -236,6 +263,13 @@ class EpochTrainer:
                 resume["epoch"] + 1, resume["history"], resume["best"], resume["bad_epochs"]
             )
             self.log(f"resuming after epoch {resume['epoch']}")
+            # Killed between its checkpoint and its metrics: log what the run lacks.
+            # (A tracker that cannot tell what it has, e.g. a test's recorder, is trusted.)
+            logged_steps = getattr(self.tracker, "logged_steps", None)
+            logged = logged_steps("epoch_seconds") if logged_steps else None
+            for record in progress.history:
+                if logged is not None and record["epoch"] not in logged:
+                    self._log_record(record)
         for epoch in range(progress.start, self.epochs + 1):
             if self.patience and progress.bad_epochs >= self.patience:
                 break
@@ -245,6 +279,7 @@ class EpochTrainer:
         if best is None:
             raise RuntimeError("no epoch was trained (train.epochs < 1?)")
         self.model.load_state_dict(best["state"])
+        fault_point("before_test", progress.history[-1]["epoch"])
         test = self.final_test()
         selected = (
             f"eval {self.select_metric} {best['metric']:.4f}" if best["eval"] else "last epoch"
@@ -259,12 +294,12 @@ class EpochTrainer:
         seconds = time.perf_counter() - began
         if self.scheduler is not None:
             self.scheduler.step()
+        fault_point("after_train", epoch)
         evaluation = self.evaluate(self.selection_split)
         record = {"epoch": epoch, "epoch_seconds": seconds}
         record.update({f"train_{k}": v for k, v in self.epoch_losses.items()})
         record.update({f"eval_{k}": v for k, v in evaluation.items()})
         progress.history.append(record)
-        self.tracker.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
         improved = progress.select(epoch, evaluation, self.select_metric, self.model)
         if improved:
             best = {"epoch": epoch, "model": progress.best["state"], "eval": evaluation}
@@ -276,7 +311,13 @@ class EpochTrainer:
             history=progress.history,
             config=self.config,
         )
+        fault_point("before_checkpoint", epoch)
         self._checkpoint(state, "last.pt")
+        # Logged after the checkpoint, so that a resume never logs a step twice (a
+        # kill between the two is made good by the resume, see _fit).
+        fault_point("before_metrics", epoch)
+        self._log_record(record)
+        fault_point("after_metrics", epoch)
         # Printed after the checkpoint: a line on screen means the epoch is saved.
         if epoch % self.log_every == 0 or epoch == self.epochs:
             extra = "".join(f" {k} {v:.4f}" for k, v in self.epoch_losses.items() if k != "loss")
@@ -284,6 +325,10 @@ class EpochTrainer:
                 f"epoch {epoch:3d}  loss {train_loss:.4f}{extra}  eval {describe(evaluation)}"
                 f"  {seconds:.1f}s" + ("  *" if improved and evaluation else "")
             )
+
+    def _log_record(self, record: dict) -> None:
+        metrics = {k: v for k, v in record.items() if k != "epoch"}
+        self.tracker.log_metrics(metrics, step=record["epoch"])
 
 
 @dataclass
