@@ -44,6 +44,8 @@ HEADLINE_METRICS = (
     "test_recall_at_20",
     "test_ndcg_at_20",
     "test_coverage_at_20",
+    "test_cold_auc",
+    "test_cold_recall_at_20",
     "test_mse",
     "test_mae",
 )

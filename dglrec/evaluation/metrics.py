@@ -6,6 +6,7 @@ Checked against scikit-learn in ``tests/test_metrics.py``.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy.stats import rankdata
 
 # Whether a larger value is better, for epoch selection and comparisons.
@@ -86,6 +87,28 @@ def ctr_metrics(
         "acc": accuracy(labels, predicted),
         "f1": f1(labels, predicted),
     }
+
+
+# Items with at most this many training positives form the cold slice.
+COLD_MAX_POSITIVES = 2
+
+
+def cold_items(train: torch.Tensor, n_items: int, max_positives: int = COLD_MAX_POSITIVES):
+    """``[n_items]`` bool: the items with at most ``max_positives`` positives in ``train``."""
+    positives = train[train[:, 2] == 1][:, 1]
+    return torch.bincount(positives, minlength=n_items) <= max_positives
+
+
+def cold_auc(pairs: torch.Tensor, scores: np.ndarray, cold: torch.Tensor) -> dict[str, float]:
+    """AUC over the pairs whose item is cold, and how many pairs that is.
+
+    ``cold_auc`` is NaN where the slice lacks a positive or a negative.
+    """
+    mask = cold[pairs[:, 1]].numpy()
+    labels = pairs[:, 2].numpy()[mask]
+    both = 0 < labels.sum() < len(labels)
+    auc = roc_auc(labels, np.asarray(scores)[mask]) if both else float("nan")
+    return {"cold_auc": auc, "cold_pairs": float(mask.sum())}
 
 
 def regression_metrics(targets: np.ndarray, predictions: np.ndarray) -> dict:

@@ -76,6 +76,16 @@ def rank_metrics(
     return out, top
 
 
+def _cold_recalls(top: torch.Tensor, relevant_cold: torch.Tensor, ks: list[int]) -> dict:
+    """Per-user recall of the cold relevant items (0 for users without one, counted apart)."""
+    has = relevant_cold.any(1)
+    hits = relevant_cold.gather(1, top).double()
+    n_cold = relevant_cold.sum(1).double().clamp(min=1)
+    out = {f"cold_recall_at_{k}": hits[:, :k].sum(1) / n_cold * has for k in ks}
+    out["cold_ranking_users"] = has.double()
+    return out
+
+
 @torch.no_grad()
 def evaluate_ranking(
     score_pairs: Callable[[torch.Tensor], np.ndarray],
@@ -86,6 +96,7 @@ def evaluate_ranking(
     ks: list[int],
     chunk_users: int = 64,
     split: str = "test",
+    cold: torch.Tensor | None = None,
     check: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """Top-K metrics of a scoring function on a held-out split (see the module docstring).
@@ -98,6 +109,9 @@ def evaluate_ranking(
         ks: the cut-offs K.
         chunk_users: users scored at a time (memory: ``chunk_users × n_items`` scores).
         split: the split's name, for the progress bar.
+        cold: ``[n_items]`` bool, the cold items: adds ``cold_recall_at_K``, the recall
+            of each user's cold relevant items among her top K (over the
+            ``cold_ranking_users`` users who have one).
         check: called before each chunk; raises to stop (the trainer's interrupt check).
     """
     seen = positives_by_user(train, n_users, n_items)
@@ -123,13 +137,21 @@ def evaluate_ranking(
         )
         scores = torch.from_numpy(score_pairs(pairs)).view(len(chunk), n_items)
         per_user, top = rank_metrics(scores, seen[chunk], relevant[chunk], ks)
+        if cold is not None:
+            per_user.update(_cold_recalls(top, relevant[chunk] & cold, ks))
         for name, values in per_user.items():
             sums[name] = sums.get(name, 0.0) + float(values.sum())
         for k in ks:
             recommended[k][top[:, :k].reshape(-1)] = True
             pop_sum[k] += float(popularity[top[:, :k]].sum())
     n = max(len(users), 1)
-    out = {name: total / n for name, total in sums.items()}
+    n_cold = sums.pop("cold_ranking_users", 0.0)
+    out = {
+        name: total / n if not name.startswith("cold_") else total / n_cold if n_cold else math.nan
+        for name, total in sums.items()
+    }
+    if cold is not None:
+        out["cold_ranking_users"] = n_cold
     mean_popularity = float(popularity.mean()) or 1.0
     for k in ks:
         out[f"coverage_at_{k}"] = float(recommended[k].double().mean())

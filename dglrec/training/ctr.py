@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from data_prep.kg_dataset import KGRecDataset
 from dglrec.config import RecipeConfig
-from dglrec.evaluation.metrics import ctr_metrics
+from dglrec.evaluation.metrics import cold_auc, cold_items, ctr_metrics
 from dglrec.evaluation.ranking import evaluate_ranking
 from dglrec.sampling.blocks import PairBatch, PairSampler
 from dglrec.sampling.negatives import UnseenItemSampler, resample_negatives
@@ -171,9 +171,11 @@ class CTRTrainer(EpochTrainer):
     def final_test(self) -> dict:
         """The test split's metrics, with full-ranking top-K ones (``[eval] ranking_ks``)."""
         test = self.evaluate("test")
+        splits = self.dataset.splits
+        cold = cold_items(splits["train"], self.dataset.n_items)
+        test.update(cold_auc(splits["test"], self.last_predictions["test"], cold))
         if self.cfg.eval.ranking_ks:
             began = time.perf_counter()
-            splits = self.dataset.splits
             test.update(
                 evaluate_ranking(
                     self.score_pairs,
@@ -184,6 +186,7 @@ class CTRTrainer(EpochTrainer):
                     self.cfg.eval.ranking_ks,
                     self.cfg.eval.ranking_users,
                     check=self.check_interrupt,
+                    cold=cold,
                 )
             )
             self.log(

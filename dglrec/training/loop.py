@@ -105,7 +105,9 @@ def describe(metrics: dict) -> str:
     shown = {
         k: v
         for k, v in metrics.items()
-        if "_at_" not in k and k != "ranking_users" or k in ("recall_at_10", "ndcg_at_10")
+        if "_at_" not in k
+        and not k.endswith(("_users", "_pairs"))
+        or k in ("recall_at_10", "ndcg_at_10")
     }
     return " ".join(f"{k} {v:.4f}" for k, v in shown.items())
 
