@@ -368,10 +368,9 @@ def test_checkpoint_artifacts_are_replaced_atomically(isolated, tmp_path, monkey
         def die(*args):  # the process dies after copying, before the rename
             raise KeyboardInterrupt
 
-        monkeypatch.setattr(os, "replace", die)
-        with pytest.raises(KeyboardInterrupt):
+        with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
+            patched.setattr(os, "replace", die)
             run.log_artifact(first, "checkpoints")
-        monkeypatch.undo()
         kept = tracking.download_artifact(run.run_id, "checkpoints/last.pt").read_bytes()
         assert kept == b"complete old checkpoint"
         listed = tracking.list_artifacts(run.run_id, "checkpoints")
