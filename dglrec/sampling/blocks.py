@@ -172,9 +172,15 @@ class PairSampler:
             importance for its user (:class:`ImportanceTopK`).
     """
 
-    def __init__(self, block_sampler: BlockSampler | None, importance_k: int | None = None):
+    def __init__(
+        self,
+        block_sampler: BlockSampler | None,
+        importance_k: int | None = None,
+        dedup: bool = False,
+    ):
         self.block_sampler = block_sampler
         self.importance_k = importance_k
+        self.dedup = dedup
 
     def sample(
         self,
@@ -189,7 +195,9 @@ class PairSampler:
         edge_filter = None
         if self.importance_k is not None:
             edge_filter = ImportanceTopK(self.importance_k, model)
-        return make_pair_batch(kg, self.block_sampler, pairs, item_entity, edge_filter)
+        return make_pair_batch(
+            kg, self.block_sampler, pairs, item_entity, edge_filter, dedup=self.dedup
+        )
 
 
 SAMPLER_KINDS = ("uniform", "full", "importance_topk")
@@ -239,6 +247,7 @@ def condition_on_users(
     pair_users: torch.Tensor,
     pair_seed_pos: torch.Tensor,
     edge_filter: EdgeFilter | None = None,
+    dedup: bool = True,
 ) -> tuple[list[dgl.DGLGraph], torch.Tensor]:
     """Rewrite sampled blocks into user-conditioned blocks (see the module docstring).
 
@@ -248,13 +257,27 @@ def condition_on_users(
         pair_seed_pos: ``[n_pairs]`` position of each pair's item among
             ``blocks[-1]``'s destination nodes.
         edge_filter: optional pruning of candidate edges per destination state.
+        dedup: ``True``: one state per distinct ``(user, node)`` (pairs and edges that
+            reach the same node for the same user share it; found with ``torch.unique``,
+            a sort per layer). ``False``: the *pair trees*: pair ``p`` is destination
+            state ``p`` of the top block, and every kept edge of a destination state
+            gets a source state of its own, after the destination states
+            (``src = [dst states, one per edge in edge order]``). No sort and no search:
+            the states are plain gathers of the sampled blocks' CSC arrays. A state's
+            value depends only on its ``(user, node)`` and the sampled block below, so
+            both give the same scores; the trees repeat states that ``dedup`` shares
+            (the price, for a batch of few users over many items and many hops).
 
     Returns:
         ``(conditioned blocks, pair_index)`` with ``pair_index`` of shape ``[n_pairs]``.
     """
     n_top = blocks[-1].num_dst_nodes()
-    keys, pair_index = torch.unique(pair_users * n_top + pair_seed_pos, return_inverse=True)
-    state_user, state_node = keys // n_top, keys % n_top
+    if dedup:
+        keys, pair_index = torch.unique(pair_users * n_top + pair_seed_pos, return_inverse=True)
+        state_user, state_node = keys // n_top, keys % n_top
+    else:
+        pair_index = torch.arange(len(pair_users))
+        state_user, state_node = pair_users, pair_seed_pos
     conditioned = []
     for block in reversed(blocks):
         indptr, indices, eids = block.adj_tensors("csc")
@@ -272,12 +295,17 @@ def condition_on_users(
             keep = edge_filter(state_user[edge_state], edge_rel, edge_state, src_entity)
             edge_state, edge_src, edge_rel = edge_state[keep], edge_src[keep], edge_rel[keep]
         # Source states: destination states first (self features), then new ones.
-        src_keys, edge_src_state = _unique_dst_first(
-            state_user * n_src + state_node, state_user[edge_state] * n_src + edge_src
-        )
-        src_user, src_node = src_keys // n_src, src_keys % n_src
+        if dedup:
+            src_keys, edge_src_state = _unique_dst_first(
+                state_user * n_src + state_node, state_user[edge_state] * n_src + edge_src
+            )
+            src_user, src_node = src_keys // n_src, src_keys % n_src
+        else:
+            edge_src_state = n_states + torch.arange(len(edge_state))
+            src_user = torch.cat([state_user, state_user[edge_state]])
+            src_node = torch.cat([state_node, edge_src])
         cblock = dgl.create_block(
-            (edge_src_state, edge_state), num_src_nodes=len(src_keys), num_dst_nodes=n_states
+            (edge_src_state, edge_state), num_src_nodes=len(src_user), num_dst_nodes=n_states
         )
         cblock.edata["rel"] = edge_rel
         global_src = block.srcdata[dgl.NID][src_node]
@@ -316,10 +344,14 @@ def make_pair_batch(
     pairs: torch.Tensor,
     item_entity: torch.Tensor,
     edge_filter: EdgeFilter | None = None,
+    dedup: bool = True,
 ) -> PairBatch:
-    """Sample and condition the blocks for ``pairs`` (``[n, 3]``: user, item, label)."""
+    """Sample and condition the blocks for ``pairs`` (``[n, 3]``: user, item, label).
+
+    ``dedup`` as in :func:`condition_on_users`; the sampler draws the same blocks either way.
+    """
     users, items, labels = pairs[:, 0], pairs[:, 1], pairs[:, 2]
     seeds, seed_pos = torch.unique(item_entity[items], return_inverse=True)
     _, _, blocks = sampler.sample(kg, seeds)
-    cblocks, pair_index = condition_on_users(blocks, users, seed_pos, edge_filter)
+    cblocks, pair_index = condition_on_users(blocks, users, seed_pos, edge_filter, dedup)
     return PairBatch(users, items, labels.float(), cblocks, pair_index)
