@@ -114,3 +114,19 @@ def test_pair_trees_score_and_train_like_deduplicated_states(
     torch.testing.assert_close(new[2], old[2], atol=1e-5, rtol=0)
     for name, value in old[3].items():
         torch.testing.assert_close(new[3][name], value, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("model", ["bprmf.toml", "lightgcn.toml", "ripplenet.toml", "mkr.toml"])
+def test_id_models_score_alike_in_large_batches(tiny_raw, isolated, model):
+    """Models that read ids score in batches of SCORING_BATCH pairs: the same logits."""
+    cfg = recipe_on(model, "tiny-kg", tiny_raw, "eval.batch_size=50")
+    built = pipeline.build(cfg, log=lambda _: None)
+    trainer = pipeline.trainer_for(built, log=lambda _: None)
+    trainer.train_epoch(1)
+    assert trainer.sampler.scoring_batch_size(50) > 50
+    pairs = torch.cat([trainer.dataset.splits["test"], trainer.dataset.splits["eval"]])
+    new = trainer.score_pairs(pairs)
+    trainer.sampler.dedup = True  # today's batching
+    assert trainer.sampler.scoring_batch_size(50) == 50
+    old = trainer.score_pairs(pairs)
+    torch.testing.assert_close(torch.from_numpy(new), torch.from_numpy(old), atol=1e-5, rtol=0)

@@ -182,6 +182,29 @@ class PairSampler:
         self.importance_k = importance_k
         self.dedup = dedup
 
+    @property
+    def deterministic(self) -> bool:
+        """Whether a pair's blocks are the same whatever else is in its batch.
+
+        True without KG blocks and for all-neighbour sampling (with or without the
+        importance filter, a function of the pair's user only); False for the uniform
+        sampler, whose draws depend on the batch's unique items and the generator's state.
+        """
+        return self.block_sampler is None or isinstance(
+            self.block_sampler, MultiLayerFullNeighborSampler
+        )
+
+    def scoring_batch_size(self, batch_size: int) -> int:
+        """Pairs per batch when only scoring: ``batch_size`` unless the batching cannot matter.
+
+        On the fast path (``dedup=False``) with a :attr:`deterministic` sampler, scores do
+        not depend on how pairs are batched, so scoring (evaluation, full ranking) takes
+        :data:`SCORING_BATCH` pairs at a time: fewer, larger blocks, same logits.
+        """
+        if self.dedup or not self.deterministic:
+            return batch_size
+        return max(batch_size, SCORING_BATCH)
+
     def sample(
         self,
         kg: dgl.DGLGraph,
@@ -201,6 +224,8 @@ class PairSampler:
 
 
 SAMPLER_KINDS = ("uniform", "full", "importance_topk")
+# Pairs per scoring batch where batching cannot change the scores (PairSampler.scoring_batch_size).
+SCORING_BATCH = 65536
 
 
 def build_sampler(kind: str, n_layers: int, n_neighbors: int, model=None) -> PairSampler:

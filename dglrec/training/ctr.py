@@ -155,7 +155,9 @@ class CTRTrainer(EpochTrainer):
         reseed_sampling(derived_seed(self.cfg.seed, EVAL_STREAM))
         out = [
             self.score(batch).logits.float().cpu()
-            for batch in self.batches(pairs, self.cfg.eval.batch_size)
+            for batch in self.batches(
+                pairs, self.sampler.scoring_batch_size(self.cfg.eval.batch_size)
+            )
         ]
         return torch.cat(out).numpy()
 
