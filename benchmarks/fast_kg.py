@@ -6,7 +6,7 @@ both are measured in one run on the same machine, interleaved: repeat ``r`` runs
 cell once before repeat ``r + 1``. A worker builds the recipe on the real data
 (``model.init = random``: TransE pretraining does not change speed), trains one
 warm-up epoch and ``--epochs`` timed ones, then ranks every test user against every
-item exactly as ``CTRTrainer.final_test`` does (``evaluate_ranking`` over
+item (or the first ``--rank-users`` of them) exactly as ``CTRTrainer.final_test`` does (``evaluate_ranking`` over
 ``trainer.score_pairs``, chunks of ``eval.ranking_users``). Reported: the median over
 repeats of each worker's median epoch, its ranking seconds and its peak RSS
 (``ru_maxrss``), and the ranking metrics of the first repeat (old and new must agree).
@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 
-def worker(root: str, spec: str, epochs: int, threads: int, rank: bool) -> dict:
+def worker(root: str, spec: str, epochs: int, threads: int, rank: bool, rank_users: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -55,11 +55,15 @@ def worker(root: str, spec: str, epochs: int, threads: int, rank: bool) -> dict:
     out = {"s_per_epoch": statistics.median(seconds)}
     if rank:
         splits = trainer.dataset.splits
+        test = splits["test"]
+        if rank_users:  # the first rank_users users with a test positive (the same in both trees)
+            users = torch.unique(test[test[:, 2] == 1][:, 0])[:rank_users]
+            test = test[torch.isin(test[:, 0], users)]
         began = time.perf_counter()
         metrics = evaluate_ranking(
             trainer.score_pairs,
             splits["train"],
-            splits["test"],
+            test,
             trainer.dataset.n_users,
             trainer.dataset.n_items,
             cfg.eval.ranking_ks or [20],
@@ -74,7 +78,8 @@ def worker(root: str, spec: str, epochs: int, threads: int, rank: bool) -> dict:
 def run_cell(root: str, spec: str, args) -> dict:
     env = dict(os.environ, PYTHONPATH=str(Path(root).resolve()), OMP_NUM_THREADS=str(args.threads))
     cmd = [sys.executable, __file__, "--worker", root, spec, "--epochs", str(args.epochs)]
-    cmd += ["--threads", str(args.threads)] + (["--no-rank"] if args.no_rank else [])
+    cmd += ["--threads", str(args.threads), "--rank-users", str(args.rank_users)]
+    cmd += ["--no-rank"] if args.no_rank else []
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}
@@ -92,12 +97,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-rank", action="store_true")
+    parser.add_argument(
+        "--rank-users", type=int, default=0, help="rank only the first N test users (0: all)"
+    )
     parser.add_argument("--worker", nargs=2, metavar=("ROOT", "SPEC"))
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.worker:
         root, spec = args.worker
-        print(json.dumps(worker(root, spec, args.epochs, args.threads, not args.no_rank)))
+        result = worker(root, spec, args.epochs, args.threads, not args.no_rank, args.rank_users)
+        print(json.dumps(result))
         return
     cells: dict[tuple[str, str], list[dict]] = {}
     for repeat in range(args.repeats):
