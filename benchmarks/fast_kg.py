@@ -5,9 +5,10 @@ tree (e.g. a ``git archive`` of the commit before the change, and this checkout)
 both are measured in one run on the same machine, interleaved: repeat ``r`` runs every
 cell once before repeat ``r + 1``. A worker builds the recipe on the real data
 (``model.init = random``: TransE pretraining does not change speed), trains one
-warm-up epoch and ``--epochs`` timed ones, then ranks every test user against every
-item (or the first ``--rank-users`` of them) exactly as ``CTRTrainer.final_test`` does (``evaluate_ranking`` over
-``trainer.score_pairs``, chunks of ``eval.ranking_users``). Reported: the median over
+warm-up epoch and ``--epochs`` timed ones, then ranks every test user (or the first
+``--rank-users`` of them) against every item exactly as ``CTRTrainer.final_test``
+does (``evaluate_ranking`` over ``trainer.score_pairs``, chunks of
+``eval.ranking_users``). Reported: the median over
 repeats of each worker's median epoch, its ranking seconds and its peak RSS
 (``ru_maxrss``), and the ranking metrics of the first repeat (old and new must agree).
 
