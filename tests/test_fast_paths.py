@@ -130,3 +130,18 @@ def test_id_models_score_alike_in_large_batches(tiny_raw, isolated, model):
     assert trainer.sampler.scoring_batch_size(50) == 50
     old = trainer.score_pairs(pairs)
     torch.testing.assert_close(torch.from_numpy(new), torch.from_numpy(old), atol=1e-5, rtol=0)
+
+
+def test_ripplenet_scores_per_distinct_user_like_per_pair(tiny_raw, isolated):
+    """RippleNet's scoring computes R_i h_i once per user: the training path's logits."""
+    cfg = recipe_on("ripplenet.toml", "tiny-kg", tiny_raw)
+    built = pipeline.build(cfg, log=lambda _: None)
+    model = built.model
+    pairs = built.dataset.splits["test"]
+    users, items = pairs[:, 0], pairs[:, 1]
+    model.train()
+    per_pair = model(users, items).logits.detach()
+    model.eval()
+    with torch.no_grad():
+        per_user = model(users, items).logits
+    torch.testing.assert_close(per_user, per_pair, atol=1e-5, rtol=0)
