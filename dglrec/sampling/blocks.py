@@ -31,7 +31,13 @@ and ``pair_index`` mapping pair ``p`` of the batch to its destination state in
 ``blocks[-1]``. A model runs standard DGL message passing on them (edge softmax
 per destination state, ``update_all``) and reads pair scores as
 ``score[pair_index]``. Everything is vectorised: no Python loop runs per pair,
-node or edge. Pairs that share a user and an item share one state.
+node or edge. With ``dedup=True``, pairs that share a user and an item share one state.
+
+By default (:class:`PairSampler`, ``dedup=False``) the states are *pair trees*:
+pair ``p`` is destination state ``p`` of the top block and every kept edge gets a
+source state of its own, so conditioning is gathers over the sampled blocks' CSC
+arrays with no ``torch.unique``; ``dedup=True`` shares one state per distinct
+``(user, node)``. Both give the same scores (``tests/test_fast_paths.py``).
 
 ``edge_filter`` lets a sampler prune each destination state's in-edges as the
 blocks are conditioned (:class:`ImportanceTopK` keeps the K best edges for that
