@@ -66,14 +66,16 @@ def ranking(trainer):
     )
 
 
-def training_steps(trainer, n_batches: int = 3):
+def training_steps(trainer, dedup: bool, n_batches: int = 3):
     """Losses and summed gradients of the first training batches of epoch 1 (no update)."""
     trainer.model.train()
     reseed_sampling(derived_seed(trainer.cfg.seed, 1))
     generator = torch.Generator().manual_seed(derived_seed(trainer.cfg.seed, 1))
     trainer.model.zero_grad()
     losses = []
-    batches = trainer.batches(trainer.train_pairs, trainer.cfg.train.batch_size, generator)
+    batches = trainer.batches(
+        trainer.train_pairs, trainer.cfg.train.batch_size, generator, dedup=dedup
+    )
     for _, batch in zip(range(n_batches), batches, strict=False):
         data_loss, penalty, aux = trainer._bce_terms(batch)
         loss = data_loss + sum(aux.values()) + trainer.cfg.train.l2 * penalty
@@ -102,7 +104,7 @@ def test_pair_trees_score_and_train_like_deduplicated_states(
         trainer._init_optimizers()
         logits = trainer.score_pairs(pairs)
         metrics = ranking(trainer)
-        results[dedup] = logits, metrics, *training_steps(trainer)
+        results[dedup] = logits, metrics, *training_steps(trainer, dedup)
 
     old, new = results[True], results[False]
     torch.testing.assert_close(

@@ -217,16 +217,17 @@ class PairSampler:
         pairs: torch.Tensor,
         item_entity: torch.Tensor,
         model: torch.nn.Module | None = None,
+        dedup: bool | None = None,
     ) -> PairBatch:
+        """Blocks for ``pairs``; ``dedup`` (default: :attr:`dedup`) as in condition_on_users."""
+        dedup = self.dedup if dedup is None else dedup
         if self.block_sampler is None:  # models that score (user, item) without the KG
             users, items, labels = pairs.unbind(1)
             return PairBatch(users, items, labels.float(), [], torch.arange(len(pairs)))
         edge_filter = None
         if self.importance_k is not None:
             edge_filter = ImportanceTopK(self.importance_k, model)
-        return make_pair_batch(
-            kg, self.block_sampler, pairs, item_entity, edge_filter, dedup=self.dedup
-        )
+        return make_pair_batch(kg, self.block_sampler, pairs, item_entity, edge_filter, dedup=dedup)
 
 
 SAMPLER_KINDS = ("uniform", "full", "importance_topk")
