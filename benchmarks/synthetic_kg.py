@@ -3,11 +3,11 @@
 ``write_synthetic_kg(directory, scale)`` writes ``user_artists.dat``,
 ``item_index2entity_id.txt`` and ``kg.txt`` (the layout ``data_prep`` reads for
 ``lastfm-kg``) with ``scale`` times Last.FM-KG's sizes: 1,892 users, 3,846 items (each
-its own entity), 9,366 entities, 60 relations, 15,518 triples and 92,834
-listening events (the share whose artist has an entity becomes the positives). Degrees
+its own entity), 9,366 entities, 60 relations, 15,518 triples and 42,346
+positives (every synthetic artist has an entity). Degrees
 are long-tailed as in the real data:
 
-* a user's number of artists is lognormal (median ≈ 45, heavy right tail), capped at the
+* a user's number of artists is lognormal (mean ≈ 22, heavy right tail), capped at the
   catalogue;
 * an artist is picked with probability ∝ ``rank^-1.0`` (Zipf popularity over a random
   permutation of the items);
@@ -32,7 +32,9 @@ from pathlib import Path
 import numpy as np
 
 BASE = {"users": 1892, "items": 3846, "entities": 9366, "relations": 60, "triples": 15518}
-EVENTS_PER_USER = 92834 / 1892
+# Positives per user: Last.FM-KG's 42,346 (user, artist) pairs whose artist has an entity
+# (user_artists.dat lists 92,834, most of them artists without one).
+EVENTS_PER_USER = 42346 / 1892
 
 
 def zipf_probabilities(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
