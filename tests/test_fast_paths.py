@@ -92,8 +92,9 @@ def test_pair_trees_score_and_train_like_deduplicated_states(
     tiny_raw, isolated, model, n_layers, sampler
 ):
     trainer = build_trainer(tiny_raw, model, n_layers, sampler)
-    # The recipe's sampler takes pair trees for one hop, deduplicated states from two.
-    assert trainer.sampler.dedup is (n_layers > 1)
+    # The recipe's sampler takes pair trees for one block, deduplicated states from two
+    # (KGNN-LS samples max(n_layers, label_hops) blocks).
+    assert trainer.sampler.dedup is (trainer.model.n_blocks > 1)
     splits = trainer.dataset.splits
     pairs = torch.cat([splits["test"], splits["eval"]])
     start = copy.deepcopy(trainer.model.state_dict())
