@@ -33,7 +33,9 @@ per destination state, ``update_all``) and reads pair scores as
 ``score[pair_index]``. Everything is vectorised: no Python loop runs per pair,
 node or edge. With ``dedup=True``, pairs that share a user and an item share one state.
 
-By default (:class:`PairSampler`, ``dedup=False``) the states are *pair trees*:
+With ``dedup=False`` (:class:`PairSampler`'s default, what :func:`build_sampler` gives
+one-block models for scoring; the trainer conditions training batches with ``dedup=True``)
+the states are *pair trees*:
 pair ``p`` is destination state ``p`` of the top block and every kept edge gets a
 source state of its own, so conditioning is gathers over the sampled blocks' CSC
 arrays with no ``torch.unique``; ``dedup=True`` shares one state per distinct
