@@ -31,7 +31,15 @@ and ``pair_index`` mapping pair ``p`` of the batch to its destination state in
 ``blocks[-1]``. A model runs standard DGL message passing on them (edge softmax
 per destination state, ``update_all``) and reads pair scores as
 ``score[pair_index]``. Everything is vectorised: no Python loop runs per pair,
-node or edge. Pairs that share a user and an item share one state.
+node or edge. With ``dedup=True``, pairs that share a user and an item share one state.
+
+With ``dedup=False`` (:class:`PairSampler`'s default, what :func:`build_sampler` gives
+one-block models for scoring; the trainer conditions training batches with ``dedup=True``)
+the states are *pair trees*:
+pair ``p`` is destination state ``p`` of the top block and every kept edge gets a
+source state of its own, so conditioning is gathers over the sampled blocks' CSC
+arrays with no ``torch.unique``; ``dedup=True`` shares one state per distinct
+``(user, node)``. Both give the same scores (``tests/test_fast_paths.py``).
 
 ``edge_filter`` lets a sampler prune each destination state's in-edges as the
 blocks are conditioned (:class:`ImportanceTopK` keeps the K best edges for that
@@ -223,9 +231,39 @@ class PairSampler:
             importance for its user (:class:`ImportanceTopK`).
     """
 
-    def __init__(self, block_sampler: BlockSampler | None, importance_k: int | None = None):
+    def __init__(
+        self,
+        block_sampler: BlockSampler | None,
+        importance_k: int | None = None,
+        dedup: bool = False,
+    ):
         self.block_sampler = block_sampler
         self.importance_k = importance_k
+        self.dedup = dedup
+
+    @property
+    def deterministic(self) -> bool:
+        """Whether a pair's blocks are the same whatever else is in its batch.
+
+        True without KG blocks, for all-neighbour sampling (with or without the
+        importance filter, a function of the pair's user only) and for a fixed
+        adjacency; False for the per-batch uniform sampler, whose draws depend on the
+        batch's unique items and the generator's state.
+        """
+        return self.block_sampler is None or isinstance(
+            self.block_sampler, MultiLayerFullNeighborSampler | FixedAdjacencySampler
+        )
+
+    def scoring_batch_size(self, batch_size: int) -> int:
+        """Pairs per batch when only scoring: ``batch_size`` unless the batching cannot matter.
+
+        On the fast path (``dedup=False``) with a :attr:`deterministic` sampler, scores do
+        not depend on how pairs are batched, so scoring (evaluation, full ranking) takes
+        :data:`SCORING_BATCH` pairs at a time: fewer, larger blocks, same logits.
+        """
+        if self.dedup or not self.deterministic:
+            return batch_size
+        return max(batch_size, SCORING_BATCH)
 
     def sample(
         self,
@@ -233,17 +271,22 @@ class PairSampler:
         pairs: torch.Tensor,
         item_entity: torch.Tensor,
         model: torch.nn.Module | None = None,
+        dedup: bool | None = None,
     ) -> PairBatch:
+        """Blocks for ``pairs``; ``dedup`` (default: :attr:`dedup`) as in condition_on_users."""
+        dedup = self.dedup if dedup is None else dedup
         if self.block_sampler is None:  # models that score (user, item) without the KG
             users, items, labels = pairs.unbind(1)
             return PairBatch(users, items, labels.float(), [], torch.arange(len(pairs)))
         edge_filter = None
         if self.importance_k is not None:
             edge_filter = ImportanceTopK(self.importance_k, model)
-        return make_pair_batch(kg, self.block_sampler, pairs, item_entity, edge_filter)
+        return make_pair_batch(kg, self.block_sampler, pairs, item_entity, edge_filter, dedup=dedup)
 
 
 SAMPLER_KINDS = ("uniform", "full", "importance_topk")
+# Pairs per scoring batch where batching cannot change the scores (PairSampler.scoring_batch_size).
+SCORING_BATCH = 65536
 
 
 def build_sampler(
@@ -263,19 +306,25 @@ def build_sampler(
     * ``importance_topk``: all neighbours, then per user the ``n_neighbors`` most
       important (KAISG); needs a model that declares ``importance_sampling``.
     """
+    # Pair trees for one hop; from two hops on they repeat (user, node) states so often
+    # (1 + K + K² per pair, more with all neighbours) that deduplicating is faster and
+    # smaller (benchmarks/fast_kg.py: two-hop KAISG ranking 2x slower, 1.6 GB, as trees).
+    dedup = n_layers > 1
     if kind == "full":
-        return PairSampler(MultiLayerFullNeighborSampler(n_layers))
+        return PairSampler(MultiLayerFullNeighborSampler(n_layers), dedup=dedup)
     if kind == "uniform" and resample == "fixed":
-        return PairSampler(FixedAdjacencySampler(n_neighbors, n_layers, seed))
+        return PairSampler(FixedAdjacencySampler(n_neighbors, n_layers, seed), dedup=dedup)
     if kind == "uniform":
-        return PairSampler(FixedSizeNeighborSampler(n_neighbors, n_layers))
+        return PairSampler(FixedSizeNeighborSampler(n_neighbors, n_layers), dedup=dedup)
     if kind == "importance_topk":
         if model is not None and not model.capabilities.importance_sampling:
             raise ConfigError(
                 f"sampler.kind: 'importance_topk' needs a model that scores the importance "
                 f"of (user, relation); {type(model).__name__} does not"
             )
-        return PairSampler(MultiLayerFullNeighborSampler(n_layers), importance_k=n_neighbors)
+        return PairSampler(
+            MultiLayerFullNeighborSampler(n_layers), importance_k=n_neighbors, dedup=dedup
+        )
     raise ConfigError(
         f"sampler.kind: unknown sampler {kind!r}; allowed: {', '.join(SAMPLER_KINDS)}"
     )
@@ -301,6 +350,7 @@ def condition_on_users(
     pair_users: torch.Tensor,
     pair_seed_pos: torch.Tensor,
     edge_filter: EdgeFilter | None = None,
+    dedup: bool = True,
 ) -> tuple[list[dgl.DGLGraph], torch.Tensor]:
     """Rewrite sampled blocks into user-conditioned blocks (see the module docstring).
 
@@ -310,13 +360,27 @@ def condition_on_users(
         pair_seed_pos: ``[n_pairs]`` position of each pair's item among
             ``blocks[-1]``'s destination nodes.
         edge_filter: optional pruning of candidate edges per destination state.
+        dedup: ``True``: one state per distinct ``(user, node)`` (pairs and edges that
+            reach the same node for the same user share it; found with ``torch.unique``,
+            a sort per layer). ``False``: the *pair trees*: pair ``p`` is destination
+            state ``p`` of the top block, and every kept edge of a destination state
+            gets a source state of its own, after the destination states
+            (``src = [dst states, one per edge in edge order]``). No sort and no search:
+            the states are plain gathers of the sampled blocks' CSC arrays. A state's
+            value depends only on its ``(user, node)`` and the sampled block below, so
+            both give the same scores; the trees repeat states that ``dedup`` shares
+            (the price, for a batch of few users over many items and many hops).
 
     Returns:
         ``(conditioned blocks, pair_index)`` with ``pair_index`` of shape ``[n_pairs]``.
     """
     n_top = blocks[-1].num_dst_nodes()
-    keys, pair_index = torch.unique(pair_users * n_top + pair_seed_pos, return_inverse=True)
-    state_user, state_node = keys // n_top, keys % n_top
+    if dedup:
+        keys, pair_index = torch.unique(pair_users * n_top + pair_seed_pos, return_inverse=True)
+        state_user, state_node = keys // n_top, keys % n_top
+    else:
+        pair_index = torch.arange(len(pair_users))
+        state_user, state_node = pair_users, pair_seed_pos
     conditioned = []
     for block in reversed(blocks):
         indptr, indices, eids = block.adj_tensors("csc")
@@ -334,12 +398,17 @@ def condition_on_users(
             keep = edge_filter(state_user[edge_state], edge_rel, edge_state, src_entity)
             edge_state, edge_src, edge_rel = edge_state[keep], edge_src[keep], edge_rel[keep]
         # Source states: destination states first (self features), then new ones.
-        src_keys, edge_src_state = _unique_dst_first(
-            state_user * n_src + state_node, state_user[edge_state] * n_src + edge_src
-        )
-        src_user, src_node = src_keys // n_src, src_keys % n_src
+        if dedup:
+            src_keys, edge_src_state = _unique_dst_first(
+                state_user * n_src + state_node, state_user[edge_state] * n_src + edge_src
+            )
+            src_user, src_node = src_keys // n_src, src_keys % n_src
+        else:
+            edge_src_state = n_states + torch.arange(len(edge_state))
+            src_user = torch.cat([state_user, state_user[edge_state]])
+            src_node = torch.cat([state_node, edge_src])
         cblock = dgl.create_block(
-            (edge_src_state, edge_state), num_src_nodes=len(src_keys), num_dst_nodes=n_states
+            (edge_src_state, edge_state), num_src_nodes=len(src_user), num_dst_nodes=n_states
         )
         cblock.edata["rel"] = edge_rel
         global_src = block.srcdata[dgl.NID][src_node]
@@ -378,10 +447,14 @@ def make_pair_batch(
     pairs: torch.Tensor,
     item_entity: torch.Tensor,
     edge_filter: EdgeFilter | None = None,
+    dedup: bool = True,
 ) -> PairBatch:
-    """Sample and condition the blocks for ``pairs`` (``[n, 3]``: user, item, label)."""
+    """Sample and condition the blocks for ``pairs`` (``[n, 3]``: user, item, label).
+
+    ``dedup`` as in :func:`condition_on_users`; the sampler draws the same blocks either way.
+    """
     users, items, labels = pairs[:, 0], pairs[:, 1], pairs[:, 2]
     seeds, seed_pos = torch.unique(item_entity[items], return_inverse=True)
     _, _, blocks = sampler.sample(kg, seeds)
-    cblocks, pair_index = condition_on_users(blocks, users, seed_pos, edge_filter)
+    cblocks, pair_index = condition_on_users(blocks, users, seed_pos, edge_filter, dedup)
     return PairBatch(users, items, labels.float(), cblocks, pair_index)

@@ -170,19 +170,28 @@ class KGCN(nn.Module):
         item_h = self.item_representations(blocks)
         user = self.user_emb(blocks[-1].dstdata["user"])
         logits = (user * item_h).sum(-1)[pair_index]
-        matrices = half_sq(
-            *(m.weight for m in self.aggregators.modules() if isinstance(m, nn.Linear))
+        # Both penalties are deferred (the trainer evaluates the one it picks; scoring none).
+        return ScoreOutput(
+            logits=logits,
+            l2=lambda: self._matrices_l2() + self._tables_l2(),
+            l2_batch=lambda: self._matrices_l2() + self._rows_l2(blocks),
         )
-        tables = half_sq(self.user_emb.weight, self.entity_emb.weight, self.relation_emb.weight)
-        # Rows this batch used: its users, every entity state's entity, its relations.
+
+    def _matrices_l2(self) -> torch.Tensor:
+        return half_sq(*(m.weight for m in self.aggregators.modules() if isinstance(m, nn.Linear)))
+
+    def _tables_l2(self) -> torch.Tensor:
+        return half_sq(self.user_emb.weight, self.entity_emb.weight, self.relation_emb.weight)
+
+    def _rows_l2(self, blocks: list[dgl.DGLGraph]) -> torch.Tensor:
+        """``½ Σ w²`` over the rows a batch used: its users, its states' entities, its relations."""
         used_entities = torch.unique(torch.cat([b.srcdata["node"] for b in blocks]))
         used_relations = torch.unique(torch.cat([b.edata["rel"] for b in blocks]))
-        rows = half_sq(
+        return half_sq(
             self.user_emb(torch.unique(blocks[-1].dstdata["user"])),
             self.entity_emb(used_entities),
             self.relation_emb(used_relations),
         )
-        return ScoreOutput(logits=logits, l2=tables + matrices, l2_batch=rows + matrices)
 
     @torch.no_grad()
     def explain(self, block: dgl.DGLGraph) -> torch.Tensor:

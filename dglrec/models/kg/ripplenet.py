@@ -97,6 +97,12 @@ class RippleNet(nn.Module):
         response = torch.zeros_like(v)
         kge = v.new_zeros(())
         rows = []
+        # Scoring: R_i h_i and t_i depend on the user only, so they are computed once per
+        # distinct user of the batch and gathered per pair (a full ranking scores each user
+        # against every item; per pair, the [n, M, d, d] relation matrices would dominate).
+        owner, users = (None, users) if self.training else (users, None)
+        if owner is not None:
+            users, owner = torch.unique(owner, return_inverse=True)
         for hop in range(self.n_hop):
             h = self.entity_emb(self.memory_heads[users, hop])  # [n, M, d]
             t = self.entity_emb(self.memory_tails[users, hop])
@@ -104,6 +110,8 @@ class RippleNet(nn.Module):
                 -1, self.n_memory, d, d
             )
             rh = (relation @ h.unsqueeze(-1)).squeeze(-1)  # R_i h_i: [n, M, d]
+            if owner is not None:
+                rh, t = rh[owner], t[owner]
             p = torch.softmax((rh * v[:, None]).sum(-1), dim=1)  # [n, M]
             o = (p.unsqueeze(-1) * t).sum(1) * present
             v = self.transform(v + o)
@@ -121,6 +129,6 @@ class RippleNet(nn.Module):
             logits=logits,
             l2=lambda: half_sq(self.entity_emb.weight, self.relation_emb.weight) + transform,
             # The reference penalises the ripple triples' vectors looked up by the batch.
-            l2_batch=half_sq(*rows) + transform,
+            l2_batch=lambda: half_sq(*rows) + transform,
             aux=aux,
         )
