@@ -16,17 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from data_prep.errors import CacheError, DataSourceError
+from data_prep.sources import sha256_of
 
 FILES_KEY = "files_sha256"
 META_KEY = "meta_sha256"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _meta_digest(meta: dict) -> str:
@@ -52,7 +45,7 @@ def save_entry(directory: Path, files: dict[str, Callable[[Path], None]], meta: 
     (directory / "meta.json").unlink(missing_ok=True)  # the entry is incomplete until the end
     for name, write in files.items():
         write_atomic(directory / name, write)
-    meta[FILES_KEY] = {name: sha256_file(directory / name) for name in files}
+    meta[FILES_KEY] = {name: sha256_of(directory / name) for name in files}
     meta[META_KEY] = _meta_digest(meta)
     text = json.dumps(meta, indent=2)
     write_atomic(directory / "meta.json", lambda p: p.write_text(text))
@@ -71,7 +64,7 @@ def read_meta(directory: Path, names: list[str]) -> dict:
         raise CacheError("meta.json does not match its checksum")
     for name in names:
         path = directory / name
-        if not path.is_file() or sha256_file(path) != meta[FILES_KEY].get(name):
+        if not path.is_file() or sha256_of(path) != meta[FILES_KEY].get(name):
             raise CacheError(f"{name} does not match its checksum (truncated or altered)")
     return meta
 
