@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from data_prep.cache import write_atomic
 from dglrec.config import RecipeConfig, apply_overrides
 from dglrec.errors import ConfigError, RunError
 from dglrec.runs import pipeline, tracking
@@ -59,9 +60,8 @@ class RunGroup:
 
     def save(self) -> None:
         # Written whole or not at all: workers and Slurm jobs read it while it is updated.
-        tmp = self.path / f".{GROUP_FILE}.tmp"
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.replace(self.path / GROUP_FILE)
+        text = json.dumps(asdict(self), indent=2)
+        write_atomic(self.path / GROUP_FILE, lambda partial: partial.write_text(text))
 
     @classmethod
     def load(cls, directory: str | Path) -> RunGroup:

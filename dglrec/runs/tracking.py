@@ -53,6 +53,7 @@ import mlflow.pytorch  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from data_prep.cache import write_atomic  # noqa: E402
 from dglrec.errors import RunError  # noqa: E402
 
 LOCAL_STORE = Path("mlruns")
@@ -250,13 +251,7 @@ class MlflowRun:
             return
         directory = Path(urllib.request.url2pathname(parsed.path))
         directory.mkdir(parents=True, exist_ok=True)
-        target = directory / Path(path).name
-        partial = directory / f".{target.name}.{os.getpid()}.partial"
-        with open(path, "rb") as source, open(partial, "wb") as out:
-            shutil.copyfileobj(source, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(partial, target)
+        write_atomic(directory / Path(path).name, lambda partial: shutil.copyfile(path, partial))
         descriptor = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(descriptor)  # the rename itself survives a power loss

@@ -19,6 +19,7 @@ import json
 
 import torch
 
+from data_prep.cache import write_atomic
 from data_prep.kg_dataset import KGRecDataset
 from data_prep.sources import data_home
 from dglrec.config import PretrainConfig, RecipeConfig
@@ -159,9 +160,8 @@ def pretrained_tables(
         model.entity_emb.weight.detach().clone(),
         model.relation_emb.weight.detach().clone(),
     )
-    tmp = path.with_suffix(".tmp")
-    torch.save({"entity": entity, "relation": relation, "key": key_source}, tmp)
-    tmp.replace(path)
+    tables = {"entity": entity, "relation": relation, "key": key_source}
+    write_atomic(path, lambda partial: torch.save(tables, partial))
     return entity, relation
 
 
