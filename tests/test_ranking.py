@@ -7,8 +7,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from dglrec.evaluation.ranking import evaluate_ranking, positives_by_user, rank_metrics
+from dglrec.evaluation.ranking import (
+    UserItemSets,
+    evaluate_ranking,
+    positives_by_user,
+    rank_metrics,
+)
 from dglrec.runs import pipeline
 from dglrec.training.ctr import CTRTrainer
 from tests.conftest import recipe_on
@@ -23,6 +30,23 @@ def brute_force(scores, exclude, relevant, k):
     dcg = sum(h / math.log2(r + 2) for r, h in enumerate(hits))
     idcg = sum(1 / math.log2(r + 2) for r in range(min(k, len(positives))))
     return sum(hits) / len(positives), dcg / idcg, ranked
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 5), st.integers(0, 8), st.integers(0, 1)), max_size=40),
+    st.lists(st.integers(0, 5), min_size=1, max_size=6),
+)
+def test_user_item_sets_rows_equal_the_dense_mask(pairs, users):
+    """The chunked rows and membership test equal the full ``n_users × n_items`` mask."""
+    pairs = torch.tensor(pairs, dtype=torch.long).reshape(-1, 3)
+    dense = positives_by_user(pairs, 6, 9)
+    sets = UserItemSets.positives(pairs, 6, 9)
+    users = torch.tensor(users)
+    assert torch.equal(sets.rows(users), dense[users])
+    assert torch.equal(sets.sizes(), dense.sum(1))
+    u, i = torch.meshgrid(torch.arange(6), torch.arange(9), indexing="ij")
+    assert torch.equal(sets.contains(u.reshape(-1), i.reshape(-1)), dense.reshape(-1))
 
 
 def test_rank_metrics_match_brute_force_with_ties():

@@ -17,7 +17,8 @@ and over all users' lists:
 
 Scoring runs in chunks of users × all items through a scoring function (the
 trainer's, so KG models get their user-conditioned blocks and others score ids),
-so memory is bounded by ``ranking_users`` × n_items scores; a progress bar shows
+so memory is bounded by ``ranking_users`` × n_items scores (users' training and
+held-out items are kept as sorted rows, not ``n_users × n_items`` masks); a progress bar shows
 the chunks.
 Checked against a per-user brute-force reference in ``tests/test_ranking.py``.
 """
@@ -38,6 +39,44 @@ def positives_by_user(pairs: torch.Tensor, n_users: int, n_items: int) -> torch.
     positive = pairs[pairs[:, 2] == 1]
     mask[positive[:, 0], positive[:, 1]] = True
     return mask
+
+
+class UserItemSets:
+    """Each user's set of items, as CSR rows: a dense ``[B, n_items]`` mask per chunk only.
+
+    A full ``[n_users, n_items]`` mask is ``n_users × n_items`` bytes (72 GB at 100×
+    Last.FM); the rows of one chunk of users are ``chunk × n_items``.
+    """
+
+    def __init__(self, users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int):
+        keys = torch.unique(users * n_items + items)  # sorted: by user, then item
+        self.n_items = n_items
+        self.keys = keys
+        self.items = keys % n_items
+        counts = torch.bincount(keys // n_items, minlength=n_users)
+        self.indptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)])
+
+    @classmethod
+    def positives(cls, pairs: torch.Tensor, n_users: int, n_items: int) -> UserItemSets:
+        positive = pairs[pairs[:, 2] == 1]
+        return cls(positive[:, 0], positive[:, 1], n_users, n_items)
+
+    def sizes(self) -> torch.Tensor:
+        return self.indptr[1:] - self.indptr[:-1]
+
+    def contains(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``[n]`` whether each ``(user, item)`` is in the sets."""
+        return torch.isin(users * self.n_items + items, self.keys)
+
+    def rows(self, users: torch.Tensor) -> torch.Tensor:
+        """``[len(users), n_items]`` bool mask of these users' items."""
+        start, size = self.indptr[users], self.sizes()[users]
+        row = torch.repeat_interleave(torch.arange(len(users)), size)
+        first = torch.cumsum(size, 0) - size
+        slot = start[row] + torch.arange(len(row)) - first[row]
+        mask = torch.zeros(len(users), self.n_items, dtype=torch.bool)
+        mask[row, self.items[slot]] = True
+        return mask
 
 
 def top_items(scores: torch.Tensor, exclude: torch.Tensor, k: int) -> torch.Tensor:
@@ -114,10 +153,12 @@ def evaluate_ranking(
             ``cold_ranking_users`` users who have one).
         check: called before each chunk; raises to stop (the trainer's interrupt check).
     """
-    seen = positives_by_user(train, n_users, n_items)
-    relevant = positives_by_user(held_out, n_users, n_items) & ~seen
-    users = torch.nonzero(relevant.any(1), as_tuple=True)[0]
-    popularity = seen.sum(0).double()
+    seen = UserItemSets.positives(train, n_users, n_items)
+    held = held_out[held_out[:, 2] == 1]
+    held = held[~seen.contains(held[:, 0], held[:, 1])]
+    relevant = UserItemSets(held[:, 0], held[:, 1], n_users, n_items)
+    users = torch.nonzero(relevant.sizes() > 0, as_tuple=True)[0]
+    popularity = torch.bincount(seen.items, minlength=n_items).double()
     sums: dict[str, float] = {}
     recommended = {k: torch.zeros(n_items, dtype=torch.bool) for k in ks}
     pop_sum = {k: 0.0 for k in ks}
@@ -136,9 +177,10 @@ def evaluate_ranking(
             1,
         )
         scores = torch.from_numpy(score_pairs(pairs)).view(len(chunk), n_items)
-        per_user, top = rank_metrics(scores, seen[chunk], relevant[chunk], ks)
+        chunk_relevant = relevant.rows(chunk)
+        per_user, top = rank_metrics(scores, seen.rows(chunk), chunk_relevant, ks)
         if cold is not None:
-            per_user.update(_cold_recalls(top, relevant[chunk] & cold, ks))
+            per_user.update(_cold_recalls(top, chunk_relevant & cold, ks))
         for name, values in per_user.items():
             sums[name] = sums.get(name, 0.0) + float(values.sum())
         for k in ks:
