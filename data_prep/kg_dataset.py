@@ -17,12 +17,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dgl
 import torch
 
 from data_prep.cache import read_meta, save_entry
 from data_prep.errors import CacheError, DataSourceError
+
+if TYPE_CHECKING:
+    from data_prep.modalities import ItemModalities
 
 SPLITS = ("train", "eval", "test")
 GRAPH_FILE = "graph.bin"
@@ -35,6 +39,9 @@ class KGRecDataset:
     splits: dict[str, torch.Tensor]
     item_entity: torch.Tensor
     meta: dict
+    # Item texts, tag graph and friendships a recipe asked for (data_prep.modalities);
+    # attached after loading, not part of the cached entry.
+    modalities: ItemModalities | None = None
 
     @property
     def n_users(self) -> int:
