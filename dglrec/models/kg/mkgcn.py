@@ -241,7 +241,7 @@ class MKGCN(KGCN):
             has_history = self.history_mask.any(1)
             friends: list[list[int]] = [[] for _ in range(n_users)]
             for user, friend in data.user_friends.tolist():
-                if user != friend and has_history[friend]:
+                if user != friend and has_history[friend] and friend not in friends[user]:
                     friends[user].append(friend)
             self.friends, self.friends_mask = fixed_sample(friends, self.n_friends, generator)
 
