@@ -14,7 +14,8 @@ from data_prep.modalities import ModalityRequest
 from dglrec.errors import USER_ERRORS
 from dglrec.runs import pipeline
 from dglrec.runs.recipes import load_recipe
-from tests.conftest import write_tiny_modalities
+from tests.conftest import REPO, write_tiny_modalities
+from tests.test_cli import dglrec
 
 QUIET = {"log": lambda _: None}
 
@@ -206,3 +207,25 @@ def test_the_cache_key_follows_the_split(tiny_mm_raw, tmp_path):
         modalities.prepare(request, dataset, directory, tiny_mm_raw, public=False, **QUIET)
         keys |= {p.relative_to(tmp_path) for p in directory.glob("modalities/*")}
     assert len(keys) == 2
+
+
+def test_the_cli_reports_a_missing_modality_file_in_one_line(tmp_path, isolated):
+    raw = write_tiny_modalities(tmp_path / "raw")
+    (raw / "artists.dat").unlink()
+    proc = dglrec(
+        "fit",
+        REPO / "recipes" / "mkgcn.toml",
+        "--set",
+        "data.name=tiny-mm",
+        "--set",
+        f"data.raw_dir={raw}",
+        "--set",
+        f"modalities.raw_dir={raw}",
+        "--set",
+        "modalities.encoder=tfidf",
+        cwd=isolated,
+        check=False,
+    )
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "artists.dat" in lines[-1] and "modalities.text" in lines[-1]

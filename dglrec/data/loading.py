@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -92,8 +94,17 @@ def with_modalities(
     public = cfg.data.name in PUBLIC_DATASETS
     features = modalities.prepare(request, dataset, directory, raw, public, log)
     if request.tag_graph:
-        return modalities.with_tag_graph(dataset, features)
-    dataset.modalities = features
+        dataset = modalities.with_tag_graph(dataset, features)
+    else:
+        dataset = dataclasses.replace(dataset, meta=copy.deepcopy(dataset.meta))
+        dataset.modalities = features
+    # Logged with the run: the HetRec files' SHA-256 (data_sha256.* tags) and what was
+    # built from them (data_modal_* metrics).
+    meta = dataset.meta
+    meta["checksums"].update(
+        {f"{modalities.HETREC}/{name}": sha for name, sha in features.meta["checksums"].items()}
+    )
+    meta["stats"].update({f"modal_{k}": v for k, v in features.meta["stats"].items()})
     return dataset
 
 

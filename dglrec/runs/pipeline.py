@@ -159,6 +159,11 @@ def protocol_of(cfg: RecipeConfig, dataset: KGRecDataset) -> str:
         parts.append(f"AUC = mean over batches of {cfg.eval.batch_size} (nonstandard)")
     if cfg.sampler.resample == "fixed":
         parts.append("each entity's neighbours drawn once per run")
+    m = cfg.modalities
+    if m.wanted():
+        what = [f"text {'+'.join(m.text)} ({m.encoder})"] if m.text else []
+        what += ["tag graph"] * m.tag_graph + ["friendships"] * m.social
+        parts.append(f"modalities: {', '.join(what)}; tags counted without eval/test pairs")
     return "; ".join(parts)
 
 
