@@ -11,14 +11,17 @@ Graph schema (all edges stored explicitly in both directions):
   undirected while keeping each edge's relation.
 
 Splits are ``int64`` tensors of shape ``[n, 3]`` holding ``(user, item, label)``.
+A recipe's ``[modalities]`` (:mod:`data_prep.modalities`) are attached as
+:class:`ItemModalities`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dgl
+import numpy as np
 import torch
 
 from data_prep.cache import read_meta, save_entry
@@ -27,6 +30,61 @@ from data_prep.errors import CacheError, DataSourceError
 SPLITS = ("train", "eval", "test")
 GRAPH_FILE = "graph.bin"
 META_FILE = "meta.json"
+MODALITIES_FILE = "modalities.npz"
+
+
+@dataclass
+class ItemModalities:
+    """Item texts, tag graph and friendships of one dataset and split.
+
+    Built by :func:`data_prep.modalities.prepare` and cached (``modalities.npz`` and
+    ``meta.json``, checksum-verified) under the dataset's entry.
+
+    Attributes:
+        features: modality name -> ``[n_items, D]`` float32 text vectors.
+        masks: modality name -> ``[n_items]`` bool, False where the item has no such text.
+        tag_edges: ``[n, 2]`` (item, tag index) edges of the tag graph (empty if not asked).
+        tag_names: name of each tag index.
+        friends: ``[n, 2]`` (user, friend) dataset user indices, both directions as released.
+        meta: request, input checksums, statistics.
+    """
+
+    features: dict[str, torch.Tensor]
+    masks: dict[str, torch.Tensor]
+    tag_edges: torch.Tensor
+    tag_names: list[str]
+    friends: torch.Tensor
+    meta: dict = field(default_factory=dict)
+
+    def save(self, directory: Path) -> None:
+        arrays = {f"feature_{k}": v.numpy() for k, v in self.features.items()}
+        arrays.update({f"mask_{k}": v.numpy() for k, v in self.masks.items()})
+        arrays["tag_edges"] = self.tag_edges.numpy()
+        arrays["friends"] = self.friends.numpy()
+
+        def write(path: Path) -> None:
+            with open(path, "wb") as handle:
+                np.savez(handle, **arrays)
+
+        meta = {**self.meta, "tag_names": self.tag_names}
+        save_entry(directory, {MODALITIES_FILE: write}, meta)
+
+    @classmethod
+    def load(cls, directory: Path) -> ItemModalities:
+        meta = read_meta(directory, [MODALITIES_FILE])
+        try:
+            with np.load(directory / MODALITIES_FILE, allow_pickle=False) as arrays:
+                data = {k: torch.from_numpy(arrays[k].copy()) for k in arrays.files}
+        except (OSError, ValueError) as exc:
+            raise CacheError(f"{MODALITIES_FILE} unreadable ({type(exc).__name__})") from None
+        features = {k[8:]: v for k, v in data.items() if k.startswith("feature_")}
+        masks = {k[5:]: v for k, v in data.items() if k.startswith("mask_")}
+        tag_names = meta.pop("tag_names")
+        return cls(features, masks, data["tag_edges"], tag_names, data["friends"], meta)
+
+    @staticmethod
+    def exists(directory: Path) -> bool:
+        return (directory / META_FILE).is_file()
 
 
 @dataclass
@@ -35,6 +93,9 @@ class KGRecDataset:
     splits: dict[str, torch.Tensor]
     item_entity: torch.Tensor
     meta: dict
+    # Item texts, tag graph and friendships a recipe asked for (data_prep.modalities);
+    # attached after loading, not part of the cached entry.
+    modalities: ItemModalities | None = None
 
     @property
     def n_users(self) -> int:

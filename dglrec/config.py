@@ -63,6 +63,33 @@ class DataConfig:
 
 
 @dataclass
+class ModalitiesConfig:
+    """``[modalities]``: item texts and extra graphs from HetRec 2011 Last.FM (MKGCN).
+
+    Built by :mod:`data_prep.modalities` for the run's split and cached; see there.
+    """
+
+    # Text modalities of each item: "name" (artist name), "tags" (its most frequent tags,
+    # counted without the eval/test (user, artist) pairs). []: none.
+    text: list[Literal["name", "tags"]] = field(default_factory=list)
+    # "tfidf": TF-IDF + truncated SVD to tfidf_dim (scikit-learn); "minilm": the
+    # all-MiniLM-L6-v2 sentence encoder (384-d; needs the [text] extra).
+    encoder: Literal["minilm", "tfidf"] = "tfidf"
+    tfidf_dim: int = 64
+    # Tags per item in its tag text and tag-graph edges.
+    top_tags: int = 5
+    # Item–tag edges as KG relation "tag.has_tag", tag entities after the KG's own.
+    tag_graph: bool = False
+    # user_friends.dat friendships (for a user aggregator that reads friends).
+    social: bool = False
+    # Directory of the HetRec files; empty: $DGLREC_RAW_DIR/hetrec2011-lastfm-2k or a download.
+    raw_dir: str = ""
+
+    def wanted(self) -> bool:
+        return bool(self.text) or self.tag_graph or self.social
+
+
+@dataclass
 class SamplerConfig:
     """``[sampler]``: how each item's KG neighbourhood is drawn."""
 
@@ -198,6 +225,7 @@ class RecipeConfig:
     seed: int = 42
     task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    modalities: ModalitiesConfig = field(default_factory=ModalitiesConfig)
     model: dict[str, Any] = field(default_factory=lambda: {"name": "kgcn"})
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -477,6 +505,11 @@ def _check_protocol_switches(cfg: RecipeConfig) -> None:
             "data.train_negatives: 'resample' draws uniformly over the user's non-positives; "
             "with data.negative_pool = 'inverse_popularity' use 'fixed'"
         )
+    if cfg.task.kind != "ctr" and cfg.modalities.wanted():
+        raise ConfigError(
+            "modalities: item modalities are built for CTR datasets; task.kind is "
+            f"{cfg.task.kind!r}"
+        )
     if cfg.sampler.resample == "fixed" and cfg.sampler.kind != "uniform":
         raise ConfigError(
             f"sampler.resample: 'fixed' draws each entity's n_neighbors once, which only the "
@@ -526,6 +559,12 @@ VALUE_RULES: dict[str, Rule] = {
     "data.negatives_per_positive": _int_at_least(1),
     "data.ratings_sep": (lambda v: v != "", "a non-empty separator"),
     "data.name": (lambda v: v.strip() != "" and "/" not in v, "a non-empty name without '/'"),
+    "modalities.text": (
+        lambda v: len(set(v)) == len(v),
+        'distinct text modalities ("name", "tags")',
+    ),
+    "modalities.tfidf_dim": _int_at_least(2),
+    "modalities.top_tags": _int_at_least(1),
     "sampler.n_neighbors": _int_at_least(1),
     "train.epochs": _int_at_least(1),
     "train.batch_size": _int_at_least(1),

@@ -16,6 +16,8 @@ Streams:
   (``derived_seed(seed, TRAIN_NEGATIVES_STREAM, e)``, ``data.train_negatives = "resample"``);
 * :data:`ADJACENCY_STREAM`: each entity's neighbours under ``sampler.resample = "fixed"``;
 * :data:`TRANSE_INIT_STREAM`: the initial tables of pretrained TransE;
+* :data:`HISTORY_STREAM`: the fixed sample of each user's training positives and
+  friends that MKGCN's user aggregator reads (drawn once when the model binds its data);
 * the split of a TransE fit's triples: the run's seed itself;
 * :data:`SWEEP_STREAM`: a random search's trial draws;
 * the raw-data builders' streams (negatives and the split of Last.FM-KG,
@@ -42,6 +44,7 @@ __all__ = [
     "TRAIN_NEGATIVES_STREAM",
     "ADJACENCY_STREAM",
     "TRANSE_INIT_STREAM",
+    "HISTORY_STREAM",
     "derived_seed",
     "reseed_sampling",
     "seed_everything",
@@ -54,6 +57,7 @@ TRANSE_INIT_STREAM = 7_000_001
 TRAIN_NEGATIVES_STREAM = 3_000_017
 ADJACENCY_STREAM = 4_000_037
 SWEEP_STREAM = 0x5EE9
+HISTORY_STREAM = 8_000_009
 
 
 def derived_seed(seed: int, *stream: int) -> int:

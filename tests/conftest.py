@@ -78,6 +78,49 @@ def tiny_raw(tmp_path_factory) -> Path:
     return write_tiny_kg(tmp_path_factory.mktemp("raw") / "tiny-kg")
 
 
+def write_tiny_modalities(directory: Path, seed: int = 0) -> Path:
+    """The tiny KG plus HetRec-format names, tags and friends of its artists and users.
+
+    Artists ``1000 + 3i`` (i < 40; the last 8 have no tag), users ``7 + 2u`` (u < 30),
+    plus rows of users and artists outside the dataset (to be ignored). Tag values
+    are ISO-8859-1, names UTF-8.
+    """
+    write_tiny_kg(directory)
+    rng = np.random.default_rng(seed)
+    artists = 1000 + 3 * np.arange(40)
+    (directory / "artists.dat").write_text(
+        "id\tname\turl\tpictureURL\n"
+        + "".join(f"{a}\tBand {a} Ünïcode\thttp://x/{a}\thttp://y/{a}.jpg\n" for a in artists)
+        + "99999\tNot In The KG\tu\tp\n",
+        encoding="utf-8",
+    )
+    tags = ["rock", "m\xfasica", "jazz", "indie pop", "metal", "folk"]
+    (directory / "tags.dat").write_bytes(
+        ("tagID\ttagValue\n" + "".join(f"{i + 1}\t{t}\n" for i, t in enumerate(tags))).encode(
+            "latin-1"
+        )
+    )
+    rows = ["userID\tartistID\ttagID\tday\tmonth\tyear"]
+    for user in range(30):
+        for artist in rng.choice(artists[:32], size=4, replace=False):
+            rows.append(f"{7 + 2 * user}\t{artist}\t{rng.integers(1, len(tags) + 1)}\t1\t4\t2009")
+    rows.append("5\t1000\t3\t1\t4\t2009")  # a user outside the dataset
+    (directory / "user_taggedartists.dat").write_text("\n".join(rows) + "\n")
+    friends = ["userID\tfriendID"]
+    for user in range(30):
+        for other in ((user + 1) % 30, (user + 7) % 30):
+            friends += [f"{7 + 2 * user}\t{7 + 2 * other}", f"{7 + 2 * other}\t{7 + 2 * user}"]
+    friends.append("7\t4")  # a friend outside the dataset
+    (directory / "user_friends.dat").write_text("\n".join(friends) + "\n")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_mm_raw(tmp_path_factory) -> Path:
+    """:func:`write_tiny_modalities` in a session directory."""
+    return write_tiny_modalities(tmp_path_factory.mktemp("raw") / "tiny-mm")
+
+
 @pytest.fixture
 def isolated(tmp_path, monkeypatch) -> Path:
     """Run in a fresh directory with its own data cache and MLflow store."""

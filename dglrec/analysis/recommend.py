@@ -8,10 +8,11 @@ to (positives of every split) are left out. Names come from HetRec's
 artists are read from the raw listening file for context.
 
 For models with user-specific KG attention (``model.explain``: KGCN, KAISG,
-MGWA, KGNN-LS), each recommended item is explained by its highest-weighted KG
+MGWA, KGNN-LS, MKGCN), each recommended item is explained by its highest-weighted KG
 neighbours for this user: the first-hop weights ``softmax_e(π(u, r_{v,e}))`` over
 the item's whole (unsampled) KG neighbourhood, with the relation's name and the
-neighbour (named when it is an artist).
+neighbour (named when it is an artist or, in MKGCN's tag graph, a tag). MKGCN's
+modality fusion is a mean and has no per-modality weight to report.
 """
 
 from __future__ import annotations
@@ -182,6 +183,7 @@ def recommend(
         weights = model.explain(block)
         entity_item = {int(e): i for i, e in enumerate(dataset.item_entity.tolist())}
         relation_names = dataset.meta["relation_names"]
+        tag_names = dataset.meta.get("tag_entity_names", {})
         # KG neighbour entity -> the user's listened artists linked to it.
         listened_items = torch.nonzero(listened, as_tuple=True)[0]
         near, mine, _ = dataset.graph.in_edges(
@@ -198,7 +200,10 @@ def recommend(
             for edge in order.tolist():
                 entity = int(block.srcdata["node"][src_of[edge]])
                 as_item = entity_item.get(entity)
-                name = None if as_item is None else names.get(item_raw[as_item], item_raw[as_item])
+                if as_item is None:  # a KG entity; tag entities (MKGCN's tag graph) are named
+                    name = tag_names.get(str(entity))
+                else:
+                    name = names.get(item_raw[as_item], item_raw[as_item])
                 item.reasons.append(
                     Reason(
                         relation_names[int(block.edata["rel"][edge])],

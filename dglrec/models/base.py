@@ -49,6 +49,9 @@ class Capabilities:
         importance_sampling: scores ``importance_scores(users, relations)`` for
             KAISG's importance top-K sampler.
         explains: ``explain(block)`` gives per-edge attention (``dglrec recommend``).
+        modalities: reads the item texts and friendships a recipe's ``[modalities]``
+            asks for (:class:`TrainingTensors` ``item_features``, ``user_friends``);
+            needs ``binds="training_data"``.
     """
 
     task: Task = "ctr"
@@ -58,6 +61,7 @@ class Capabilities:
     kge_init: bool = False
     importance_sampling: bool = False
     explains: bool = False
+    modalities: bool = False
 
     def check(self, cls: type) -> None:
         """Raise ``TypeError`` naming ``cls`` if it lacks what it declares."""
@@ -76,6 +80,8 @@ class Capabilities:
                 f"{cls.__name__}: a {self.task} model is trained by one of "
                 f"{OBJECTIVES_OF_TASK[self.task]}, not {self.objective!r}"
             )
+        if self.modalities and self.binds != "training_data":
+            raise TypeError(f"{cls.__name__}: modalities=True needs binds='training_data'")
         required = {
             "n_blocks": self.inputs == "blocks",
             "kge_loss": self.objective == "bce_and_kge",
@@ -151,6 +157,10 @@ class TrainingTensors:
         triples: ``[m, 3]`` (head, relation, tail) KG triples as released.
         n_entities: number of entities.
         seed: the run's seed (for anything the model samples once, e.g. ripple sets).
+        item_features: text modality name -> ``[n_items, D]`` vectors (``[modalities]``;
+            built with tags counted from non-held-out pairs only).
+        item_feature_mask: modality name -> ``[n_items]`` bool, False where an item has none.
+        user_friends: ``[n, 2]`` (user, friend) pairs, or None if not asked for.
     """
 
     train_pairs: torch.Tensor
@@ -158,3 +168,6 @@ class TrainingTensors:
     triples: torch.Tensor
     n_entities: int
     seed: int
+    item_features: dict[str, torch.Tensor] = field(default_factory=dict)
+    item_feature_mask: dict[str, torch.Tensor] = field(default_factory=dict)
+    user_friends: torch.Tensor | None = None

@@ -61,6 +61,13 @@ def build(cfg: RecipeConfig, dataset=None, log: Log = print) -> Setup:
         )
     if cfg.model["init"] == "transe" and not capabilities.kge_init:
         raise ConfigError(f"model.init: {cfg.model_name} cannot start from TransE tables")
+    if cfg.modalities.wanted() and not capabilities.modalities and not _tag_graph_only(cfg):
+        raise ConfigError(
+            f"modalities: {cfg.model_name} reads no item texts or friendships; "
+            "leave [modalities] text = [] and social = false (tag_graph may stay)"
+        )
+    if cfg.modalities.tag_graph and not uses_kg(cfg.model_name):
+        raise ConfigError(f"modalities.tag_graph: {cfg.model_name} reads no knowledge graph")
     dataset = dataset if dataset is not None else load_dataset(cfg, log)
     if uses_kg(cfg.model_name) and not dataset.meta["stats"].get("triples", 1):
         raise ConfigError(
@@ -84,6 +91,10 @@ def build(cfg: RecipeConfig, dataset=None, log: Log = print) -> Setup:
     return Setup(cfg, dataset, model, sampler_for(cfg, model))
 
 
+def _tag_graph_only(cfg: RecipeConfig) -> bool:
+    return not cfg.modalities.text and not cfg.modalities.social
+
+
 def _build_model(cfg: RecipeConfig, graph_args: dict[str, int]) -> torch.nn.Module:
     """The model, or a :class:`ConfigError` naming ``model.<key>`` if it rejects its values.
 
@@ -99,13 +110,19 @@ def _build_model(cfg: RecipeConfig, graph_args: dict[str, int]) -> torch.nn.Modu
 
 
 def training_tensors(dataset: KGRecDataset, seed: int) -> TrainingTensors:
-    """The training split, alignment and triples a model may see (never eval/test)."""
+    """The training split, alignment, triples and modalities a model may see (never eval/test)."""
+    modalities = dataset.modalities
     return TrainingTensors(
         train_pairs=dataset.splits["train"],
         item_entity=dataset.item_entity,
         triples=dataset.kg_triples(),
         n_entities=dataset.n_entities,
         seed=seed,
+        item_features=dict(modalities.features) if modalities else {},
+        item_feature_mask=dict(modalities.masks) if modalities else {},
+        user_friends=modalities.friends
+        if modalities and modalities.meta["request"]["social"]
+        else None,
     )
 
 
@@ -142,6 +159,11 @@ def protocol_of(cfg: RecipeConfig, dataset: KGRecDataset) -> str:
         parts.append(f"AUC = mean over batches of {cfg.eval.batch_size} (nonstandard)")
     if cfg.sampler.resample == "fixed":
         parts.append("each entity's neighbours drawn once per run")
+    m = cfg.modalities
+    if m.wanted():
+        what = [f"text {'+'.join(m.text)} ({m.encoder})"] if m.text else []
+        what += ["tag graph"] * m.tag_graph + ["friendships"] * m.social
+        parts.append(f"modalities: {', '.join(what)}; tags counted without eval/test pairs")
     return "; ".join(parts)
 
 

@@ -133,7 +133,8 @@ class KGCN(nn.Module):
         self.aggregators = nn.ModuleList(
             KGCNAggregator(dim, aggregator, last=i == n_layers - 1) for i in range(n_layers)
         )
-        self.reset_parameters()
+        # KGCN's own reset: a subclass resets its extra layers at the end of its __init__.
+        KGCN.reset_parameters(self)
 
     def reset_parameters(self) -> None:
         for table in (self.user_emb, self.entity_emb, self.relation_emb):
