@@ -67,6 +67,11 @@ def fit_one(recipe: str, seed: int) -> tuple[str, int, float, float]:
     return recipe, seed, result.test["auc"], time.perf_counter() - began
 
 
+def markdown(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
 def write_report(recipes: list[str], seeds: list[int], path: Path, wall: float | None) -> None:
     from dglrec.analysis import compare
 
@@ -93,9 +98,14 @@ def write_report(recipes: list[str], seeds: list[int], path: Path, wall: float |
         "baselines' 12-setting grids.",
         "",
     ]
+    summary = compare.build_comparison(records, metrics)
+    lines += ["## Test metrics", "", *markdown(*compare.table_rows(summary)), ""]
+    lines += ["mean ± sample std over seeds.", ""]
     for baseline in ("bprmf", "lightgcn"):
-        comparison = compare.build_comparison(records, metrics, baseline=baseline)
-        lines += [f"## Paired against {baseline}", "", compare.format_markdown(comparison)]
+        paired = compare.build_comparison(records, metrics, baseline=baseline)
+        lines += [f"## Paired against {baseline} (row − {baseline}, same seeds)", ""]
+        lines += [*markdown(*compare.paired_rows(paired)), ""]
+        lines += ["mean ± std of per-seed differences; two-sided paired t-test; * p < 0.05.", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
 
