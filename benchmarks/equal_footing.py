@@ -101,7 +101,8 @@ def write_report(recipes: list[str], seeds: list[int], path: Path, wall: float |
     summary = compare.build_comparison(records, metrics)
     lines += ["## Test metrics", "", *markdown(*compare.table_rows(summary)), ""]
     lines += ["mean ± sample std over seeds.", ""]
-    for baseline in ("bprmf", "lightgcn"):
+    groups = {r.group for r in records}
+    for baseline in (b for b in ("bprmf", "lightgcn") if b in groups):
         paired = compare.build_comparison(records, metrics, baseline=baseline)
         lines += [f"## Paired against {baseline} (row − {baseline}, same seeds)", ""]
         lines += [*markdown(*compare.paired_rows(paired)), ""]
