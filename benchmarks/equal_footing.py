@@ -74,7 +74,9 @@ def markdown(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def write_report(recipes: list[str], seeds: list[int], path: Path, wall: float | None) -> None:
+def write_report(
+    recipes: list[str], seeds: list[int], path: Path, wall: float | None, missing: list[str]
+) -> None:
     from dglrec.analysis import compare
 
     records = [
@@ -102,6 +104,8 @@ def write_report(recipes: list[str], seeds: list[int], path: Path, wall: float |
         "(docs/guide.md#mkgcn): more than the KG.",
         "",
     ]
+    if missing:
+        lines += [f"Not measured yet (no recipe): {', '.join(f'`{r}`' for r in missing)}.", ""]
     summary = compare.build_comparison(records, metrics)
     lines += ["## Test metrics", "", *markdown(*compare.table_rows(summary)), ""]
     lines += ["mean ± sample std over seeds.", ""]
@@ -125,9 +129,11 @@ def main() -> None:
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     recipes = args.recipes.split(",")
+    # A model not swept yet has no *_tuned recipe: its row is listed as missing.
     missing = [r for r in recipes if not Path(f"recipes/{r}.toml").is_file()]
     if missing:
-        raise SystemExit(f"no such recipe: {', '.join(f'recipes/{r}.toml' for r in missing)}")
+        print(f"skipped, no recipe yet: {', '.join(missing)}")
+    recipes = [r for r in recipes if r not in missing]
     wall = None
     if not args.report_only:
         jobs = [(r, s) for r in recipes for s in seeds]
@@ -142,7 +148,7 @@ def main() -> None:
                     flush=True,
                 )
         wall = time.perf_counter() - began
-    write_report(recipes, seeds, Path(args.out), wall)
+    write_report(recipes, seeds, Path(args.out), wall, missing)
     print(f"wrote {args.out}")
 
 
