@@ -309,7 +309,7 @@ def submit(recipe, overrides, seed, cluster, seeds, **resources) -> None:
 @main.command()
 @click.option("--jobs-dir", default="jobs", show_default=True, help="[cluster] jobs_dir.")
 @click.option(
-    "--group", "--group", "only", metavar="GROUP|ARRAY_JOB_ID", help="Only this submission."
+    "--group", "--batch", "only", metavar="GROUP|ARRAY_JOB_ID", help="Only this submission."
 )
 @click.option("--cancel", metavar="GROUP|JOB_ID", help="Cancel a submission or one job.")
 def jobs(jobs_dir, only, cancel) -> None:

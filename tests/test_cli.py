@@ -8,10 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from dglrec.cli import main
 from dglrec.runs import tracking
 
 DGLREC = [sys.executable, "-m", "dglrec.cli"]
@@ -228,3 +231,17 @@ def test_fit_seeds_prints_each_seed_and_the_mean(tiny_recipe, isolated):
     )
     bad = dglrec("fit", tiny_recipe, "--seeds", "two", cwd=isolated, check=False)
     assert bad.returncode == 2 and "--seeds 'two'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_every_command_parses_its_options_without_warnings(tmp_path):
+    """No option is declared twice (click warns on every use); `jobs --batch` still works."""
+    runner = CliRunner()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a duplicated parameter would raise here
+        for command in main.commands:
+            result = runner.invoke(main, [command, "--help"])
+            assert result.exit_code == 0, (command, result.output, result.exception)
+        assert "--group, --batch" in runner.invoke(main, ["jobs", "--help"]).output
+        for name in ("--group", "--batch"):
+            result = runner.invoke(main, ["jobs", name, "g1", "--jobs-dir", str(tmp_path / "no")])
+            assert result.output.strip() == f"no submitted groups under {tmp_path / 'no'}/"
