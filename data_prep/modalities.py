@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from data_prep import protocol as shared
-from data_prep.cache import read_meta, save_entry
+from data_prep.cache import load_or_build, read_meta, save_entry
 from data_prep.errors import CacheError, DataSourceError, ProtocolError
 from data_prep.kg_dataset import ItemModalities, KGRecDataset
 from data_prep.parsing import read_columns
@@ -335,18 +335,15 @@ def prepare(
         minilm_model_dir()
     checksums = input_checksums(request, raw_dir, public)
     directory = dataset_dir / "modalities" / cache_key(request, checksums, dataset_dir.name)
-    if ItemModalities.exists(directory):
-        try:
-            modalities = ItemModalities.load(directory)
-        except CacheError as exc:
-            log(f"cached modalities at {directory} are corrupted ({exc}); rebuilding them")
-        else:
-            log(f"using cached modalities at {directory}")
-            return modalities
-    log(f"building modalities {request} from {raw_dir}")
     encodings = dataset_dir.parent / "text_encodings"
-    modalities = build(request, dataset, raw_dir, checksums, encodings, log)
-    modalities.save(directory)
+    modalities, _ = load_or_build(
+        directory,
+        ItemModalities,
+        lambda: build(request, dataset, raw_dir, checksums, encodings, log),
+        "modalities",
+        raw_dir,
+        log,
+    )
     return modalities
 
 
