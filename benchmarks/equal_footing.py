@@ -69,11 +69,6 @@ def fit_one(recipe: str, seed: int) -> tuple[str, int, float, float]:
     return recipe, seed, result.test["auc"], time.perf_counter() - began
 
 
-def markdown(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
-
-
 def write_report(
     recipes: list[str], seeds: list[int], path: Path, wall: float | None, missing: list[str]
 ) -> None:
@@ -107,13 +102,13 @@ def write_report(
     if missing:
         lines += [f"Not measured yet (no recipe): {', '.join(f'`{r}`' for r in missing)}.", ""]
     summary = compare.build_comparison(records, metrics)
-    lines += ["## Test metrics", "", *markdown(*compare.table_rows(summary)), ""]
+    lines += ["## Test metrics", "", *compare.markdown_table(*compare.table_rows(summary)), ""]
     lines += ["mean ± sample std over seeds.", ""]
     groups = {r.group for r in records}
     for baseline in (b for b in ("bprmf", "lightgcn") if b in groups):
         paired = compare.build_comparison(records, metrics, baseline=baseline)
         lines += [f"## Paired against {baseline} (row − {baseline}, same seeds)", ""]
-        lines += [*markdown(*compare.paired_rows(paired)), ""]
+        lines += [*compare.markdown_table(*compare.paired_rows(paired)), ""]
         lines += ["mean ± std of per-seed differences; two-sided paired t-test; * p < 0.05.", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))

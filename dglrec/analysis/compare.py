@@ -270,7 +270,7 @@ def _aligned(header: list[str], rows: list[list[str]]) -> list[str]:
     return [line.rstrip() for line in lines]
 
 
-def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
@@ -291,7 +291,7 @@ def format_terminal(comparison: Comparison) -> str:
 
 
 def format_markdown(comparison: Comparison) -> str:
-    return _render(comparison, _markdown)
+    return _render(comparison, markdown_table)
 
 
 def format_csv(comparison: Comparison) -> str:
