@@ -8,9 +8,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from dglrec.evaluation.metrics import cold_auc, cold_items
-from dglrec.evaluation.ranking import evaluate_ranking, positives_by_user
+from dglrec.evaluation.ranking import evaluate_ranking
 from dglrec.runs import pipeline, tracking
 from dglrec.runs.recipes import load_recipe
+from tests.test_ranking import positives_by_user
 
 
 def test_cold_items_by_hand():

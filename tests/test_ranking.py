@@ -13,12 +13,19 @@ from hypothesis import strategies as st
 from dglrec.evaluation.ranking import (
     UserItemSets,
     evaluate_ranking,
-    positives_by_user,
     rank_metrics,
 )
 from dglrec.runs import pipeline
 from dglrec.training.ctr import CTRTrainer
 from tests.conftest import recipe_on
+
+
+def positives_by_user(pairs: torch.Tensor, n_users: int, n_items: int) -> torch.Tensor:
+    """Reference: the dense ``[n_users, n_items]`` mask of the positive pairs in ``pairs``."""
+    mask = torch.zeros(n_users, n_items, dtype=torch.bool)
+    positive = pairs[pairs[:, 2] == 1]
+    mask[positive[:, 0], positive[:, 1]] = True
+    return mask
 
 
 def brute_force(scores, exclude, relevant, k):

@@ -33,14 +33,6 @@ import torch
 from tqdm.auto import tqdm
 
 
-def positives_by_user(pairs: torch.Tensor, n_users: int, n_items: int) -> torch.Tensor:
-    """``[n_users, n_items]`` bool mask of the positive pairs in ``pairs`` (``[n, 3]``)."""
-    mask = torch.zeros(n_users, n_items, dtype=torch.bool)
-    positive = pairs[pairs[:, 2] == 1]
-    mask[positive[:, 0], positive[:, 1]] = True
-    return mask
-
-
 class UserItemSets:
     """Each user's set of items, as CSR rows: a dense ``[B, n_items]`` mask per chunk only.
 
