@@ -52,6 +52,10 @@ class Capabilities:
         modalities: reads the item texts and friendships a recipe's ``[modalities]``
             asks for (:class:`TrainingTensors` ``item_features``, ``user_friends``);
             needs ``binds="training_data"``.
+        scores_grid: ``score_grid(blocks, users, edge_filter)`` gives ``[U, n_items]``
+            logits of many users against every item of sampled (unconditioned) blocks
+            at once, and ``dim`` is its state width (the full ranking's fast path;
+            block models only).
     """
 
     task: Task = "ctr"
@@ -62,6 +66,7 @@ class Capabilities:
     importance_sampling: bool = False
     explains: bool = False
     modalities: bool = False
+    scores_grid: bool = False
 
     def check(self, cls: type) -> None:
         """Raise ``TypeError`` naming ``cls`` if it lacks what it declares."""
@@ -82,6 +87,8 @@ class Capabilities:
             )
         if self.modalities and self.binds != "training_data":
             raise TypeError(f"{cls.__name__}: modalities=True needs binds='training_data'")
+        if self.scores_grid and self.inputs != "blocks":
+            raise TypeError(f"{cls.__name__}: scores_grid=True needs inputs='blocks'")
         required = {
             "n_blocks": self.inputs == "blocks",
             "kge_loss": self.objective == "bce_and_kge",
@@ -90,6 +97,7 @@ class Capabilities:
             "load_kge_embeddings": self.kge_init,
             "importance_scores": self.importance_sampling,
             "explain": self.explains,
+            "score_grid": self.scores_grid,
         }
         missing = [name for name, needed in required.items() if needed and not hasattr(cls, name)]
         if missing:
