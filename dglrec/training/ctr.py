@@ -215,9 +215,12 @@ class CTRTrainer(EpochTrainer):
         def score(users: torch.Tensor) -> torch.Tensor:
             self.model.eval()
             out = []
-            for start in range(0, len(users), step):
+            n_passes = -(-len(users) // step)
+            # Passes as even as possible (64 users, step 61: 32 + 32, not 61 + 3).
+            size = -(-len(users) // n_passes) if n_passes else 1
+            for start in range(0, len(users), size):
                 self.check_interrupt()
-                chunk = users[start : start + step].to(device)
+                chunk = users[start : start + size].to(device)
                 logits = self.model.score_grid(blocks, chunk, edge_filter)
                 out.append(logits[:, seed_pos].float().cpu())
             return torch.cat(out) if out else torch.zeros(0, len(items))
