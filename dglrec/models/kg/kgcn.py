@@ -115,13 +115,15 @@ class UserRelationAttention(nn.Module):
 
         Args:
             h_src: ``[num_src, U, d]`` (or ``[num_src, 1, d]``, the same for every user).
-            affinity: ``[E, U]`` ``e_u · e_r`` of each edge for each user.
+            affinity: ``[n_relations, U]`` ``e_r · e_u`` of each relation for each user.
             keep: ``[E, U]`` bool, the edges each user keeps (all if ``None``).
 
         Returns:
             ``[num_dst, U, d]``.
         """
-        logits = self.logit(affinity)
+        if keep is None and h_src.shape[1] == 1:
+            return self._grid_by_relation(block, h_src, affinity)
+        logits = self.logit(affinity[block.edata["rel"]])  # [E, U]
         if keep is not None:
             logits = logits.masked_fill(~keep, -math.inf)
         with block.local_scope():
@@ -132,6 +134,35 @@ class UserRelationAttention(nn.Module):
             block.srcdata["h"] = h_src
             block.update_all(fn.u_mul_e("h", "a", "m"), fn.sum("m", "n"))
             return block.dstdata["n"]
+
+    def _grid_by_relation(
+        self, block: dgl.DGLGraph, h_src: torch.Tensor, affinity: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`grid` where every edge is kept: one edge per (destination, relation).
+
+        Where no edge is masked, an edge's weight depends on its relation only, so the
+        ``c`` edges of one relation into one destination share it: they enter the
+        softmax as one edge from the mean of their sources, with logit ``+ log c``
+        (``Σ_e e^{s_r} h_e = c e^{s_r} mean h``). Same result, fewer edges (Last.FM-KG,
+        8 uniform neighbours per item: 6.3k (item, relation) groups for 30.8k edges);
+        used where the sources are the same for every user, so the means cost one pass.
+        """
+        src, dst = block.edges(order="eid")
+        n_rel = len(affinity)
+        keys, group = torch.unique(dst * n_rel + block.edata["rel"], return_inverse=True)
+        count = torch.bincount(group, minlength=len(keys))  # [G]
+        pooled = h_src.new_zeros(len(keys), *h_src.shape[1:])
+        pooled.index_add_(0, group, h_src[src]).div_(count.view(-1, 1, 1))  # [G, 1, d]
+        groups = dgl.create_block(  # group g -> its destination
+            (torch.arange(len(keys), device=keys.device), keys // n_rel),
+            num_src_nodes=len(keys),
+            num_dst_nodes=block.num_dst_nodes(),
+        )
+        logits = self.logit(affinity[keys % n_rel]) + count.to(affinity.dtype).log()[:, None]
+        groups.edata["a"] = edge_softmax(groups, logits.unsqueeze(-1))  # [G, U, 1]
+        groups.srcdata["h"] = pooled
+        groups.update_all(fn.u_mul_e("h", "a", "m"), fn.sum("m", "n"))
+        return groups.dstdata["n"]
 
 
 class KGCNAggregator(nn.Module):
@@ -243,7 +274,7 @@ class KGCN(nn.Module):
         h = self.entity_vectors(blocks[0].srcdata[dgl.NID]).unsqueeze(1)  # [N, 1, d]: any user
         for block, aggregator in zip(blocks, self.aggregators, strict=True):
             keep = edge_filter(block, users) if edge_filter is not None else None
-            neighborhood = self.attention.grid(block, h, affinity[block.edata["rel"]], keep)
+            neighborhood = self.attention.grid(block, h, affinity, keep)
             h = aggregator(h[: block.num_dst_nodes()].expand_as(neighborhood), neighborhood)
         return (h * user).sum(-1).T  # [N, U, d] -> [U, N]
 
