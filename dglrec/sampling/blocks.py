@@ -76,6 +76,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import dgl
 import torch
@@ -243,10 +244,24 @@ class ImportanceTopK:
         return top_k_per_group(dst_state, score, src_entity, self.k)
 
 
+class _BlockRanks(NamedTuple):
+    """What :class:`GridTopK` needs of a block, whoever the users: per edge and per group."""
+
+    dst: torch.Tensor  # [E] destination of each edge
+    rel: torch.Tensor  # [E] relation of each edge
+    src_entity: torch.Tensor  # [E] entity of each edge's source (the tie-break)
+    group: torch.Tensor  # [E] (destination, relation) group of each edge
+    position: torch.Tensor  # [E] rank of the edge in its group, by source entity
+    group_rel: torch.Tensor  # [G] relation of each group
+    size: torch.Tensor  # [G] edges per group
+    mine: torch.Tensor  # [P] with other: every ordered pair of groups at one destination
+    other: torch.Tensor  # [P]
+
+
 class GridTopK:
     """:class:`ImportanceTopK` for every user of a grid at once: ``[E, U]`` keep masks.
 
-    ``mask(block, users)[e, u]`` says whether user ``u``'s state at edge ``e``'s
+    ``grid_top_k(block, users)[e, u]`` says whether user ``u``'s state at edge ``e``'s
     destination keeps ``e``: the ``k`` in-edges of highest ``s(u, r)`` per (user,
     destination), ties to the smaller source entity, as the pair path keeps them.
 
@@ -264,69 +279,58 @@ class GridTopK:
             raise ValueError("k must be >= 1")
         self.k = k
         self.model = model
-        self._blocks: dict[int, tuple] = {}  # id(block) -> (block, its user-independent ranks)
+        self._ranks: dict[int, tuple[dgl.DGLGraph, _BlockRanks]] = {}  # by id(block)
 
-    def _prepare(self, block: dgl.DGLGraph) -> tuple:
+    @staticmethod
+    def _block_ranks(block: dgl.DGLGraph) -> _BlockRanks:
         src, dst = block.edges(order="eid")
         rel = block.edata["rel"]
         src_entity = block.srcdata[dgl.NID][src]
         n_rel = int(rel.max()) + 1 if len(rel) else 1
-        # (destination, relation) groups, and each edge's rank in its group by source entity.
-        keys, group = torch.unique(dst * n_rel + rel, return_inverse=True)
+        keys, group = torch.unique(dst * n_rel + rel, return_inverse=True)  # sorted by dst
         order = torch.argsort(src_entity, stable=True)
         order = order[torch.argsort(group[order], stable=True)]
         size = torch.bincount(group, minlength=len(keys))
         first = torch.cumsum(size, 0) - size
         position = torch.empty_like(order)
         position[order] = torch.arange(len(order), device=order.device) - first[group[order]]
-        # Every ordered pair of groups that share a destination (keys are sorted by it).
-        group_dst, group_rel = keys // n_rel, keys % n_rel
-        per_dst = torch.bincount(group_dst)
-        dst_first = torch.cumsum(per_dst, 0) - per_dst
-        mine = torch.repeat_interleave(
-            torch.arange(len(keys), device=keys.device), per_dst[group_dst]
-        )
-        start = torch.cumsum(per_dst[group_dst], 0) - per_dst[group_dst]
-        other = (
-            dst_first[group_dst[mine]] + torch.arange(len(mine), device=keys.device) - start[mine]
-        )
-        return block, (dst, rel, src_entity, n_rel, group, position, group_rel, size, mine, other)
+        # Pair each group with every group of its destination (itself included).
+        group_dst = keys // n_rel
+        at_dst = torch.bincount(group_dst)
+        first_at_dst = (torch.cumsum(at_dst, 0) - at_dst)[group_dst]  # [G] first group there
+        per_dst = at_dst[group_dst]  # [G] groups at the group's destination
+        mine = torch.repeat_interleave(torch.arange(len(keys), device=keys.device), per_dst)
+        start = torch.cumsum(per_dst, 0) - per_dst
+        other = first_at_dst[mine] + torch.arange(len(mine), device=keys.device) - start[mine]
+        return _BlockRanks(dst, rel, src_entity, group, position, keys % n_rel, size, mine, other)
 
     @torch.no_grad()
     def __call__(self, block: dgl.DGLGraph, users: torch.Tensor) -> torch.Tensor:
         """``[E, U]`` bool: edge ``e`` kept for ``users[u]``."""
-        if id(block) not in self._blocks:
-            self._blocks[id(block)] = self._prepare(block)
-        _, (dst, rel, src_entity, n_rel, group, position, group_rel, size, mine, other) = (
-            self._blocks[id(block)]
-        )
-        n_users = len(users)
+        if id(block) not in self._ranks:
+            self._ranks[id(block)] = block, self._block_ranks(block)
+        r = self._ranks[id(block)][1]
+        n_users, n_rel = len(users), int(r.group_rel.max()) + 1 if len(r.group_rel) else 1
         score = self.model.importance_scores(
             users.repeat_interleave(n_rel), torch.arange(n_rel, device=users.device).repeat(n_users)
         )
-        score = score.view(n_users, n_rel).T.to(rel.device)  # [n_rel, U]
-        group_score = score[group_rel]  # [G, U]
-        # Edges of the groups at the same destination that the user scores higher.
-        higher = (group_score[other] > group_score[mine]) * size[other].unsqueeze(1)  # [P, U]
-        ahead = torch.zeros_like(group_score, dtype=torch.long).index_add_(0, mine, higher)
-        keep = ahead[group] + position.unsqueeze(1) < self.k  # [E, U]
+        score = score.view(n_users, n_rel).T.to(r.rel.device)  # [n_rel, U]
+        group_score = score[r.group_rel]  # [G, U]
+        # Edges ahead of each group's: those of the groups at its destination scored higher.
+        higher = (group_score[r.other] > group_score[r.mine]) * r.size[r.other, None]  # [P, U]
+        ahead = torch.zeros_like(group_score, dtype=torch.long).index_add_(0, r.mine, higher)
+        keep = ahead[r.group] + r.position[:, None] < self.k  # [E, U]
         ranked = torch.sort(score, 0).values
         tied = torch.nonzero((ranked[1:] == ranked[:-1]).any(0), as_tuple=True)[0]
-        if len(tied):  # cross-relation ties: rank by (score, source entity) over the edges
-            n_dst = block.num_dst_nodes()
-            tie_group = (torch.arange(len(tied), device=dst.device) * n_dst).unsqueeze(0) + dst[
-                :, None
-            ]
-            keep[:, tied] = (
-                top_k_per_group(
-                    tie_group.T.reshape(-1),
-                    score[rel][:, tied].T.reshape(-1),
-                    src_entity.repeat(len(tied)),
-                    self.k,
-                )
-                .view(len(tied), -1)
-                .T
+        if len(tied):  # ties across relations: rank (score, source entity) over the edges
+            offset = torch.arange(len(tied), device=r.dst.device)[:, None] * block.num_dst_nodes()
+            tied_keep = top_k_per_group(
+                (offset + r.dst).reshape(-1),  # (tied user, destination), user-major
+                score[:, tied][r.rel].T.reshape(-1),
+                r.src_entity.repeat(len(tied)),
+                self.k,
             )
+            keep[:, tied] = tied_keep.view(len(tied), -1).T
         return keep
 
 
