@@ -160,7 +160,9 @@ def protocol_of(cfg: RecipeConfig, dataset: KGRecDataset) -> str:
     if cfg.sampler.resample == "fixed":
         parts.append("each entity's neighbours drawn once per run")
     elif (
-        cfg.sampler.kind == "uniform" and get_model(cfg.model_name).capabilities.inputs == "blocks"
+        cfg.task.kind == "ctr"
+        and cfg.sampler.kind == "uniform"
+        and get_model(cfg.model_name).capabilities.inputs == "blocks"
     ):
         parts.append("scored on one neighbour sample per entity (eval stream)")
     m = cfg.modalities
