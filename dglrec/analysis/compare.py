@@ -389,6 +389,7 @@ def plot_bars(comparison: Comparison, path: Path) -> Path:
         if lows.size and lows.min() > 0.3:  # AUC-like scores: zoom in on where they differ
             ax.set_xlim(left=float(lows.min()) * 0.97)
         ax.set_title(metric.replace("_", " "))
+        ax.xaxis.set_major_locator(plt.MaxNLocator(5))  # small values: long tick labels
         ax.grid(axis="x", alpha=0.3)
     for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
