@@ -279,10 +279,17 @@ class KGCN(nn.Module):
         return (h * user).sum(-1).T  # [N, U, d] -> [U, N]
 
     def importance_scores(self, users: torch.Tensor, relations: torch.Tensor) -> torch.Tensor:
-        """KAISG's importance ``s(u, r) = sigmoid(e_u · e_r)`` from the current tables."""
-        user = self.user_emb.weight[users.to(self.user_emb.weight.device)]
-        relation = self.relation_emb.weight[relations.to(self.user_emb.weight.device)]
-        return torch.sigmoid((user * relation).sum(-1))
+        """KAISG's importance ``s(u, r) = sigmoid(e_u · e_r)`` from the current tables.
+
+        Computed in float64 and rounded once to float32: a float32 reduction rounds
+        differently with the row's position in the batch, so the same ``(u, r)``
+        could score differently in two places, and a top-K filter would break a tie
+        by that noise rather than by source entity (nor the same way on every path).
+        """
+        device = self.user_emb.weight.device
+        user = self.user_emb.weight[users.to(device)].double()
+        relation = self.relation_emb.weight[relations.to(device)].double()
+        return torch.sigmoid((user * relation).sum(-1)).float()
 
     def forward(self, blocks: list[dgl.DGLGraph], pair_index: torch.Tensor) -> ScoreOutput:
         item_h = self.item_representations(blocks)
