@@ -181,6 +181,20 @@ def test_id_models_score_alike_in_large_batches(tiny_raw, isolated, model):
     torch.testing.assert_close(torch.from_numpy(new), torch.from_numpy(old), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize(
+    "model", ["bprmf.toml", "lightgcn.toml", "ripplenet.toml", "mkr.toml", "mmss_mkr.toml"]
+)
+def test_id_model_grid_scores_like_pairs(tiny_raw, isolated, monkeypatch, model):
+    """Id models' ``score_grid`` (one product per hop) gives ``score_pairs``' logits and ranking."""
+    cfg = recipe_on(model, "tiny-kg", tiny_raw, "eval.batch_size=50", "eval.ranking_ks=[2, 5]")
+    built = pipeline.build(cfg, log=lambda _: None)
+    trainer = pipeline.trainer_for(built, log=lambda _: None)
+    trainer.train_epoch(1)
+    assert trainer.model.capabilities.scores_grid
+    monkeypatch.setattr(ctr, "GRID_FLOATS", 1)  # one user per pass
+    assert_grid_equals_pairs(trainer, monkeypatch)
+
+
 def test_ripplenet_scores_per_distinct_user_like_per_pair(tiny_raw, isolated):
     """RippleNet's scoring computes R_i h_i once per user: the training path's logits."""
     cfg = recipe_on("ripplenet.toml", "tiny-kg", tiny_raw)

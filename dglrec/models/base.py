@@ -52,10 +52,13 @@ class Capabilities:
         modalities: reads the item texts and friendships a recipe's ``[modalities]``
             asks for (:class:`TrainingTensors` ``item_features``, ``user_friends``);
             needs ``binds="training_data"``.
-        scores_grid: ``score_grid(blocks, users, edge_filter)`` gives ``[U, n_items]``
-            logits of many users against every item of sampled (unconditioned) blocks
-            at once, and ``dim`` is its state width (the full ranking's fast path;
-            block models only).
+        scores_grid: scores many users against every item at once (the full
+            ranking's fast path). Block models: ``score_grid(blocks, users,
+            edge_filter)`` gives ``[U, num_dst]`` logits against the destinations of
+            sampled (unconditioned) blocks, and ``dim`` is its state width. Id models:
+            ``score_grid(users, items)`` (plus the interaction graph for
+            ``ids_and_graph``) gives ``[U, I]`` logits, and ``grid_width`` is the
+            floats it holds per (user, item).
     """
 
     task: Task = "ctr"
@@ -87,8 +90,6 @@ class Capabilities:
             )
         if self.modalities and self.binds != "training_data":
             raise TypeError(f"{cls.__name__}: modalities=True needs binds='training_data'")
-        if self.scores_grid and self.inputs != "blocks":
-            raise TypeError(f"{cls.__name__}: scores_grid=True needs inputs='blocks'")
         required = {
             "n_blocks": self.inputs == "blocks",
             "kge_loss": self.objective == "bce_and_kge",
@@ -98,6 +99,7 @@ class Capabilities:
             "importance_scores": self.importance_sampling,
             "explain": self.explains,
             "score_grid": self.scores_grid,
+            "grid_width": self.scores_grid and self.inputs != "blocks",
         }
         missing = [name for name, needed in required.items() if needed and not hasattr(cls, name)]
         if missing:

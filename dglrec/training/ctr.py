@@ -198,6 +198,8 @@ class CTRTrainer(EpochTrainer):
         """
         self.model.eval()
         device = self.cfg.train.device
+        if self.inputs != "blocks":
+            return self._id_grid_scorer(items.to(device))
         sampler = self.scoring_sampler()
         seeds, seed_pos = torch.unique(self.dataset.item_entity[items], return_inverse=True)
         _, _, blocks = sampler.block_sampler.sample(self.kg, seeds)
@@ -223,6 +225,23 @@ class CTRTrainer(EpochTrainer):
                 chunk = users[start : start + size].to(device)
                 logits = self.model.score_grid(blocks, chunk, edge_filter)
                 out.append(logits[:, seed_pos].float().cpu())
+            return torch.cat(out) if out else torch.zeros(0, len(items))
+
+        return score
+
+    def _id_grid_scorer(self, items: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """:meth:`grid_scorer` of a model that reads ids: ``model.score_grid(users, items)``."""
+        graph = (self.graph,) if self.inputs == "ids_and_graph" else ()
+        step = max(1, GRID_FLOATS // max(1, len(items) * self.model.grid_width))
+
+        @torch.no_grad()
+        def score(users: torch.Tensor) -> torch.Tensor:
+            self.model.eval()
+            out = []
+            for start in range(0, len(users), step):
+                self.check_interrupt()
+                chunk = users[start : start + step].to(items.device)
+                out.append(self.model.score_grid(chunk, items, *graph).float().cpu())
             return torch.cat(out) if out else torch.zeros(0, len(items))
 
         return score
