@@ -160,12 +160,19 @@ def write_report(
     path.write_text("\n".join(lines))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run(
+    description: str, recipes: list[str], out: str, plot_name: str | None = None, **page
+) -> None:
+    """The command line shared by the page scripts: parse, fit what is missing, write the page.
+
+    ``page`` goes to :func:`write_report` (title, intro, against, script); the plot, if
+    ``plot_name`` is given, goes to ``images/<plot_name>`` beside the page.
+    """
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--seeds", default="1,2,3,4,5")
-    parser.add_argument("--recipes", default=",".join(default_recipes()))
+    parser.add_argument("--recipes", default=",".join(recipes))
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--out", default="docs/equal_footing.md")
+    parser.add_argument("--out", default=out)
     parser.add_argument("--report-only", action="store_true", help="fit nothing, rewrite the page")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -176,8 +183,14 @@ def main() -> None:
         print(f"skipped, no recipe yet: {', '.join(missing)}")
     recipes = [r for r in recipes if r not in missing]
     wall = None if args.report_only else run_fits(recipes, seeds, args.workers)
-    write_report(recipes, seeds, Path(args.out), wall, missing)
-    print(f"wrote {args.out}")
+    path = Path(args.out)
+    plot = path.parent / "images" / plot_name if plot_name else None
+    write_report(recipes, seeds, path, wall, missing, plot=plot, **page)
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    run(__doc__.splitlines()[0], default_recipes(), "docs/equal_footing.md")
 
 
 if __name__ == "__main__":

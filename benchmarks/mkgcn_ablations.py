@@ -13,9 +13,6 @@ is the ablation, and its cold columns answer whether text helps cold items.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import equal_footing
 
 ABLATIONS = (
@@ -46,32 +43,16 @@ INTRO = (
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", default="1,2,3,4,5")
-    parser.add_argument("--recipes", default=",".join(RECIPES))
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--out", default="docs/mkgcn.md")
-    parser.add_argument("--report-only", action="store_true", help="fit nothing, rewrite the page")
-    args = parser.parse_args()
-    seeds = [int(s) for s in args.seeds.split(",")]
-    recipes = args.recipes.split(",")
-    missing = [r for r in recipes if not Path(f"recipes/{r}.toml").is_file()]
-    recipes = [r for r in recipes if r not in missing]
-    wall = None if args.report_only else equal_footing.run_fits(recipes, seeds, args.workers)
-    out = Path(args.out)
-    equal_footing.write_report(
-        recipes,
-        seeds,
-        out,
-        wall,
-        missing,
+    equal_footing.run(
+        __doc__.splitlines()[0],
+        list(RECIPES),
+        "docs/mkgcn.md",
+        plot_name="mkgcn_ablations.png",
         title="MKGCN on Last.FM-KG: modalities, ablations and the cold-item slice",
         intro=INTRO,
         against=AGAINST,
         script="benchmarks/mkgcn_ablations.py",
-        plot=out.parent / "images" / "mkgcn_ablations.png",
     )
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

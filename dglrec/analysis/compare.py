@@ -231,7 +231,10 @@ def _cell(mean: float, std: float) -> str:
 def _diff_cell(paired: dict) -> str:
     if math.isnan(paired["mean"]):
         return "–"
-    p = "p = nan" if math.isnan(paired["p"]) else f"p = {paired['p']:.3f}"
+    if math.isnan(paired["p"]):
+        p = "p = nan"
+    else:  # three decimals would print a tiny p as "p = 0.000"
+        p = "p < 0.001" if paired["p"] < 0.001 else f"p = {paired['p']:.3f}"
     star = "*" if not math.isnan(paired["p"]) and paired["p"] < 0.05 else ""
     return f"{paired['mean']:+.4f} ± {paired['std']:.4f} ({p}){star}"
 
