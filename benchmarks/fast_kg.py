@@ -7,7 +7,8 @@ cell once before repeat ``r + 1``. A worker builds the recipe on the real data
 (``model.init = random``: TransE pretraining does not change speed), trains one
 warm-up epoch and ``--epochs`` timed ones, then ranks every test user (or the first
 ``--rank-users`` of them) against every item exactly as ``CTRTrainer.final_test``
-does (``evaluate_ranking`` over ``trainer.score_pairs``, chunks of
+does (``CTRTrainer.ranking_metrics``: on the grid for the KGCN family; trees without
+it: ``evaluate_ranking`` over ``trainer.score_pairs``, chunks of
 ``eval.ranking_users``). Reported: the median over
 repeats of each worker's median epoch, its ranking seconds and its peak RSS
 (``ru_maxrss``), and the ranking metrics of the first repeat (old and new must agree).
@@ -61,15 +62,18 @@ def worker(root: str, spec: str, epochs: int, threads: int, rank: bool, rank_use
             users = torch.unique(test[test[:, 2] == 1][:, 0])[:rank_users]
             test = test[torch.isin(test[:, 0], users)]
         began = time.perf_counter()
-        metrics = evaluate_ranking(
-            trainer.score_pairs,
-            splits["train"],
-            test,
-            trainer.dataset.n_users,
-            trainer.dataset.n_items,
-            cfg.eval.ranking_ks or [20],
-            cfg.eval.ranking_users,
-        )
+        if hasattr(trainer, "ranking_metrics"):  # trees that rank on the grid (KGCN family)
+            metrics = trainer.ranking_metrics(test)
+        else:
+            metrics = evaluate_ranking(
+                trainer.score_pairs,
+                splits["train"],
+                test,
+                trainer.dataset.n_users,
+                trainer.dataset.n_items,
+                cfg.eval.ranking_ks or [20],
+                cfg.eval.ranking_users,
+            )
         out["ranking_s"] = time.perf_counter() - began
         out["metrics"] = {k: round(v, 4) for k, v in metrics.items()}
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

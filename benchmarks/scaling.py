@@ -5,8 +5,9 @@ that many times Last.FM-KG's size (cached under ``--root``); each (scale, model)
 in its own subprocess (peak RSS is its own): build the model's recipe on that data
 (``model.init = random``), time one training epoch, and rank a fixed sample of
 ``--rank-users`` test users (the same at every scale: the first ones with a test
-positive) against the whole catalogue through ``CTRTrainer.score_pairs`` in chunks of
-``eval.ranking_users`` users (``evaluate_ranking`` over the sample only, so its
+positive) against the whole catalogue as ``CTRTrainer.ranking_metrics`` does (on the
+grid where the model declares ``scores_grid``, else through ``score_pairs``), in chunks
+of ``eval.ranking_users`` users (``evaluate_ranking`` over the sample only, so its
 ``users × items`` masks are ``rank_users × n_items``). Writes a JSON file of the rows and,
 with ``--plot``, a log–log plot (matplotlib) of both times against the scale.
 
@@ -68,6 +69,13 @@ def worker(raw: str, name: str, model: str, rank_users: int, threads: int) -> di
         return trainer.score_pairs(pairs)
 
     began = time.perf_counter()
+    grid = None
+    if trainer.model.capabilities.scores_grid:  # as CTRTrainer.ranking_metrics ranks
+        on_grid = trainer.grid_scorer(torch.arange(n_items))
+
+        def grid(sample_users):
+            return on_grid(users[sample_users])
+
     metrics = evaluate_ranking(
         score,
         restrict(splits["train"]),
@@ -76,6 +84,7 @@ def worker(raw: str, name: str, model: str, rank_users: int, threads: int) -> di
         n_items,
         [20],
         cfg.eval.ranking_users,
+        score_grid=grid,
     )
     out["ranking_s"] = time.perf_counter() - began
     out["ranked_users"] = int(metrics["ranking_users"])

@@ -10,7 +10,9 @@ Streams:
 * training epoch ``e``: shuffling and neighbour sampling (``derived_seed(seed, e)``;
   epoch numbers are the stream ids ``1, 2, ...``);
 * :data:`EVAL_STREAM`: neighbour sampling whenever a split is scored (the same
-  draws at every evaluation, so epochs are compared on equal terms);
+  draws at every evaluation, so epochs are compared on equal terms; the uniform
+  sampler draws one sample of every entity's neighbours from it, used by every
+  scoring pass whatever its batches);
 * :data:`KGE_STREAM`: the KG triples and corrupted tails of multi-task KGE steps;
 * :data:`TRAIN_NEGATIVES_STREAM`: the training negatives redrawn in epoch ``e``
   (``derived_seed(seed, TRAIN_NEGATIVES_STREAM, e)``, ``data.train_negatives = "resample"``);

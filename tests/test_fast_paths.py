@@ -1,29 +1,40 @@
-"""The fast paths give today's numbers: pair-tree blocks against deduplicated states.
+"""The fast paths give the slow paths' numbers.
 
-Every KG model that reads user-conditioned blocks (KGCN, KAISG, MGWA, KGNN-LS), one and
-two hops, every sampler (uniform, full, importance top-K), on the tiny synthetic KG:
+Pair trees against deduplicated states: every KG model that reads user-conditioned
+blocks (KGCN, KAISG, MGWA, KGNN-LS), one and two hops, every sampler (uniform, full,
+importance top-K), on the tiny synthetic KG:
 
-* scoring (``CTRTrainer.score_pairs``, what the eval/test metrics and the full ranking
-  call) gives the same logits within 1e-5 and the same ranking metrics to 4 decimals;
+* scoring (``CTRTrainer.score_pairs``, what the eval/test metrics call) gives the same
+  logits within 1e-5 and the same ranking metrics to 4 decimals;
 * the training step on the same batches gives the same loss (data, L2 and auxiliary
   terms) and the same gradients, within 1e-5. (Over a whole epoch float32 rounding
   differences, which Adam rescales, grow past 1e-5; the step is what the paths share.)
 
-Both paths call the same DGL block sampler on the same batches, so the uniform sampler
-consumes torch's generator identically and draws the same neighbours: the comparison
-needs no fixed neighbourhood. Only the conditioning differs (``dedup=True``: one state
-per distinct (user, node), today's path; ``dedup=False``: one tree per pair).
+Both paths call the same DGL block sampler on the same batches (when scoring, the
+uniform sampler's one eval-stream sample per entity; when training, the per-batch
+draws from the same generator state). Only the conditioning differs
+(``dedup=True``: one state per distinct (user, node); ``dedup=False``: one tree per pair).
+
+Grid scoring against pair scoring: the same models and MKGCN, one and two hops,
+samplers uniform, full, importance top-K and uniform with a fixed adjacency: the
+users × items logits of ``CTRTrainer.score_grid`` equal those of ``score_pairs`` within
+1e-5, and ``evaluate_ranking``'s metrics agree to 4 decimals. Scoring with the uniform
+sampler no longer depends on the batch size, and training does not depend on scoring.
 """
 
 import copy
 
+import dgl
 import pytest
 import torch
 
 from dglrec.evaluation.ranking import evaluate_ranking
 from dglrec.runs import pipeline
+from dglrec.sampling.blocks import GridTopK, top_k_per_group
 from dglrec.seeding import derived_seed, reseed_sampling
+from dglrec.training import ctr
 from tests.conftest import recipe_on
+from tests.test_mkgcn import mkgcn_recipe
 
 MODELS = {
     "kgcn": "kgcn.toml",
@@ -34,17 +45,22 @@ MODELS = {
 SAMPLERS = ("uniform", "full", "importance_topk")
 
 
-def build_trainer(tiny_raw, model: str, n_layers: int, sampler: str):
+def build_trainer(tiny_raw, model: str, n_layers: int, sampler: str, *extra: str):
+    """``sampler``: a ``[sampler] kind``, or ``fixed`` for uniform with ``resample = "fixed"``."""
     overrides = [
         f"model.n_layers={n_layers}",
-        f"sampler.kind={sampler}",
         "sampler.n_neighbors=3",
         "model.dim=8",
         "eval.batch_size=50",  # several eval batches, so batch composition matters
         "train.batch_size=16",
+        "model.init=random",
+        *extra,
     ]
-    overrides.append("model.init=random")
-    cfg = recipe_on(MODELS[model], "tiny-kg", tiny_raw, *overrides)
+    if sampler == "fixed":
+        overrides += ["sampler.kind=uniform", "sampler.resample=fixed"]
+    else:
+        overrides.append(f"sampler.kind={sampler}")
+    cfg = recipe_on(MODELS.get(model, model), "tiny-kg", tiny_raw, *overrides)
     built = pipeline.build(cfg, log=lambda _: None)
     trainer = pipeline.trainer_for(built, log=lambda _: None)
     with torch.no_grad():  # away from the initialisation, so attention and gates matter
@@ -53,17 +69,46 @@ def build_trainer(tiny_raw, model: str, n_layers: int, sampler: str):
     return trainer
 
 
-def ranking(trainer):
+def ranking(trainer, grid: bool = False):
     splits = trainer.dataset.splits
+    n_items = trainer.dataset.n_items
     return evaluate_ranking(
         trainer.score_pairs,
         splits["train"],
         splits["test"],
         trainer.dataset.n_users,
-        trainer.dataset.n_items,
+        n_items,
         [2, 5],
         chunk_users=7,
+        score_grid=trainer.grid_scorer(torch.arange(n_items)) if grid else None,
     )
+
+
+def all_pairs(trainer) -> torch.Tensor:
+    n_users, n_items = trainer.dataset.n_users, trainer.dataset.n_items
+    users, items = torch.arange(n_users), torch.arange(n_items)
+    return torch.stack(
+        [
+            users.repeat_interleave(n_items),
+            items.repeat(n_users),
+            torch.zeros(n_users * n_items, dtype=torch.long),
+        ],
+        1,
+    )
+
+
+def assert_grid_equals_pairs(trainer, monkeypatch) -> None:
+    """Every user × every item: grid logits = pair logits; grid ranking = pair ranking."""
+    n_users, n_items = trainer.dataset.n_users, trainer.dataset.n_items
+    pair = torch.from_numpy(trainer.score_pairs(all_pairs(trainer))).view(n_users, n_items)
+    grid = trainer.score_grid(torch.arange(n_users), torch.arange(n_items))
+    torch.testing.assert_close(grid, pair, atol=1e-5, rtol=0)
+    by_pairs = ranking(trainer)
+    monkeypatch.setattr(ctr, "GRID_FLOATS", 1)  # one user per pass within each chunk
+    by_grid = ranking(trainer, grid=True)
+    assert by_grid.keys() == by_pairs.keys()
+    for name, value in by_pairs.items():
+        assert round(by_grid[name], 4) == round(value, 4), name
 
 
 def training_steps(trainer, dedup: bool, n_batches: int = 3):
@@ -136,6 +181,20 @@ def test_id_models_score_alike_in_large_batches(tiny_raw, isolated, model):
     torch.testing.assert_close(torch.from_numpy(new), torch.from_numpy(old), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize(
+    "model", ["bprmf.toml", "lightgcn.toml", "ripplenet.toml", "mkr.toml", "mmss_mkr.toml"]
+)
+def test_id_model_grid_scores_like_pairs(tiny_raw, isolated, monkeypatch, model):
+    """Id models' ``score_grid`` (one product per hop) gives ``score_pairs``' logits and ranking."""
+    cfg = recipe_on(model, "tiny-kg", tiny_raw, "eval.batch_size=50", "eval.ranking_ks=[2, 5]")
+    built = pipeline.build(cfg, log=lambda _: None)
+    trainer = pipeline.trainer_for(built, log=lambda _: None)
+    trainer.train_epoch(1)
+    assert trainer.model.capabilities.scores_grid
+    monkeypatch.setattr(ctr, "GRID_FLOATS", 1)  # one user per pass
+    assert_grid_equals_pairs(trainer, monkeypatch)
+
+
 def test_ripplenet_scores_per_distinct_user_like_per_pair(tiny_raw, isolated):
     """RippleNet's scoring computes R_i h_i once per user: the training path's logits."""
     cfg = recipe_on("ripplenet.toml", "tiny-kg", tiny_raw)
@@ -149,3 +208,121 @@ def test_ripplenet_scores_per_distinct_user_like_per_pair(tiny_raw, isolated):
     with torch.no_grad():
         per_user = model(users, items).logits
     torch.testing.assert_close(per_user, per_pair, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("sampler", [*SAMPLERS, "fixed"])
+@pytest.mark.parametrize("n_layers", [1, 2])
+@pytest.mark.parametrize("model", list(MODELS))
+def test_grid_scores_like_pairs(tiny_raw, isolated, monkeypatch, model, n_layers, sampler):
+    trainer = build_trainer(tiny_raw, model, n_layers, sampler)
+    assert trainer.model.capabilities.scores_grid
+    if sampler == "importance_topk":  # the masks prune: K = 3 is below some degrees
+        n_items = trainer.dataset.n_items
+        _, _, blocks = trainer.sampler.block_sampler.sample(
+            trainer.kg, torch.unique(trainer.dataset.item_entity[torch.arange(n_items)])
+        )
+        keep = trainer.scoring_sampler().grid_edge_filter(trainer.model)(
+            blocks[-1], torch.arange(5)
+        )
+        assert not keep.all() and keep.any()
+    assert_grid_equals_pairs(trainer, monkeypatch)
+
+
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_grid_importance_masks_with_tied_relations(tiny_raw, isolated, monkeypatch, n_layers):
+    """Two relations of equal importance: ties go to the smaller source entity across them."""
+    trainer = build_trainer(tiny_raw, "kaisg", n_layers, "importance_topk")
+    with torch.no_grad():
+        trainer.model.relation_emb.weight[1] = trainer.model.relation_emb.weight[0]
+    assert_grid_equals_pairs(trainer, monkeypatch)
+
+
+def test_grid_top_k_matches_per_group_top_k():
+    """GridTopK against top_k_per_group on one block: every (user, destination), K = 1..4."""
+    g = torch.Generator().manual_seed(0)
+    n_src, n_dst, n_edges, n_rel = 12, 5, 40, 3
+    block = dgl.create_block(
+        (
+            torch.randint(0, n_src, (n_edges,), generator=g),
+            torch.randint(0, n_dst, (n_edges,), generator=g),
+        ),
+        num_src_nodes=n_src,
+        num_dst_nodes=n_dst,
+    )
+    block.edata["rel"] = torch.randint(0, n_rel, (n_edges,), generator=g)
+    block.srcdata[dgl.NID] = torch.randperm(n_src, generator=g) + 100
+    table = torch.rand(4, n_rel, generator=g)
+    table[3, 2] = table[3, 0]  # user 3: a tie across relations
+
+    class Model:
+        def importance_scores(self, users, relations):
+            return table[users, relations]
+
+    users = torch.arange(4)
+    for k in (1, 2, 3, 4):
+        keep = GridTopK(k, Model())(block, users)
+        src, dst = block.edges(order="eid")
+        for u in users.tolist():
+            expected = top_k_per_group(
+                dst, table[u, block.edata["rel"]], block.srcdata[dgl.NID][src], k
+            )
+            assert torch.equal(keep[:, u], expected), (k, u)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("model.n_layers=1",),
+        ("model.n_layers=2",),
+        ("model.n_layers=2", "sampler.kind=full", "model.user_aggregator=table"),
+        ("model.n_layers=1", "sampler.kind=full", "model.fusion=concat"),
+    ],
+)
+def test_mkgcn_grid_scores_like_pairs(tiny_mm_raw, isolated, monkeypatch, overrides):
+    cfg = mkgcn_recipe("mkgcn.toml", tiny_mm_raw, "sampler.n_neighbors=3", *overrides)
+    built = pipeline.build(cfg, log=lambda _: None)
+    trainer = pipeline.trainer_for(built, log=lambda _: None)
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    assert_grid_equals_pairs(trainer, monkeypatch)
+
+
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_uniform_scores_do_not_depend_on_the_batch_size(tiny_raw, isolated, n_layers):
+    """The uniform sampler scores on one eval-stream sample per entity, whatever the batching."""
+    trainer = build_trainer(tiny_raw, "kgcn", n_layers, "uniform")
+    assert not trainer.sampler.deterministic  # training still draws per batch
+    assert trainer.scoring_sampler().deterministic
+    trainer.sampler.dedup = True  # conditioned per batch: batches of exactly eval.batch_size
+    pairs = torch.cat([trainer.dataset.splits["test"], trainer.dataset.splits["eval"]])
+    scores = {}
+    for batch_size in (7, 4096):
+        trainer.cfg.eval.batch_size = batch_size
+        scores[batch_size] = trainer.score_pairs(pairs)
+    torch.testing.assert_close(
+        torch.from_numpy(scores[7]), torch.from_numpy(scores[4096]), atol=0, rtol=0
+    )
+    # Every pass scores on the same sample; a different run seed draws another one.
+    torch.testing.assert_close(
+        torch.from_numpy(trainer.score_pairs(pairs)), torch.from_numpy(scores[4096]), atol=0, rtol=0
+    )
+
+
+@pytest.mark.parametrize("model", ["kgcn", "kgnn_ls"])
+def test_training_does_not_depend_on_scoring(tiny_raw, isolated, model):
+    """Per-batch uniform training draws: the same losses with or without scoring in between."""
+    losses, start = {}, None
+    for scoring in (False, True):
+        trainer = build_trainer(tiny_raw, model, 1, "uniform", "eval.ranking_ks=[5]")
+        if start is None:
+            start = copy.deepcopy(trainer.model.state_dict())
+        trainer.model.load_state_dict(start)
+        out = []
+        for epoch in (1, 2, 3):
+            out.append(trainer.train_epoch(epoch))
+            if scoring:
+                trainer.evaluate("eval")
+                trainer.final_test()
+        losses[scoring] = out
+    assert losses[True] == losses[False]

@@ -16,7 +16,7 @@ from dglrec.runs import pipeline, tracking
 from dglrec.runs.recipes import load_recipe
 from dglrec.sampling.blocks import FixedAdjacencySampler, build_sampler
 from dglrec.training.ctr import CTRTrainer
-from tests.conftest import recipe_on
+from tests.conftest import REPO, recipe_on
 
 
 def _trainer(tiny_raw, *overrides: str, seed: int = 5) -> CTRTrainer:
@@ -231,3 +231,24 @@ def test_ctr_switches_are_errors_for_edge_regression(tiny_hetrec, isolated):
         recipe_on(
             "gcn_hetrec_naive.toml", "tiny-hetrec", tiny_hetrec, 'data.negative_pool="all_entities"'
         )
+
+
+@pytest.mark.parametrize(
+    ("recipe", "overrides", "tagged"),
+    [
+        ("kgcn.toml", [], True),
+        ("kgcn.toml", ["sampler.resample=fixed"], False),  # said otherwise: drawn once per run
+        ("kgcn.toml", ["sampler.kind=full"], False),
+        ("bprmf.toml", [], False),  # reads no KG blocks
+        ("gcn_hetrec.toml", [], False),  # edge regression
+    ],
+)
+def test_protocol_tag_says_how_uniform_samplers_score(recipe, overrides, tagged):
+    """Uniform-sampled KG models score on one eval-stream sample per entity; the tag says so."""
+
+    class Dataset:
+        meta = {"protocol": "data"}
+
+    cfg = load_recipe(REPO / "recipes" / recipe, overrides, seed=1)
+    phrase = "scored on one neighbour sample per entity (eval stream)"
+    assert (phrase in pipeline.protocol_of(cfg, Dataset)) is tagged

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dglrec.models.base import TrainingTensors
-from dglrec.models.kg.ripplenet import RippleNet
+from dglrec.models.kg.ripplenet import RippleNet, relation_products
 from dglrec.runs import pipeline
 from dglrec.runs.recipes import load_recipe
 from dglrec.sampling.ripple_sets import build_ripple_sets, sample_per_group
@@ -102,6 +102,44 @@ def test_forward_matches_a_loop_reference():
             v = model.transform.weight @ (v + o)
             total = total + o
         assert logits[n].item() == pytest.approx(torch.dot(v, total).item(), abs=1e-5)
+
+
+def test_training_terms_and_grid_match_a_loop_reference():
+    """KGE term, batch L2 and ``score_grid`` against per-memory loops over gathered R_i."""
+    torch.manual_seed(1)
+    model = RippleNet(n_users=3, n_items=4, n_entities=8, n_relations=3, dim=4, n_hop=2, n_memory=3)
+    triples = torch.tensor([[0, 0, 4], [1, 1, 5], [2, 2, 6], [3, 0, 7], [4, 1, 5], [5, 2, 6]])
+    pairs = torch.tensor([[0, 0, 1], [0, 2, 1], [1, 1, 1], [2, 3, 0], [1, 3, 1]])
+    model.bind_training_data(TrainingTensors(pairs, torch.arange(4), triples, 8, seed=3))
+    users, items = torch.tensor([0, 1, 1, 0]), torch.tensor([3, 2, 0, 3])
+    model.train()
+    out = model(users, items)
+    emb, rel = model.entity_emb.weight, model.relation_emb.weight
+    kge, rows = 0.0, []
+    for hop in range(2):
+        heads, relations = model.memory_heads[users, hop], model.memory_relations[users, hop]
+        tails = model.memory_tails[users, hop]
+        h, r, t = emb[heads], rel[relations].view(4, 3, 4, 4), emb[tails]
+        plausibility = torch.sigmoid(torch.einsum("nmi,nmij,nmj->nm", h, r, t))
+        kge = kge - plausibility.mean()
+        rows += [h, t, r]
+    assert out.aux["loss_kge"].item() == pytest.approx(model.kge_weight * kge.item(), abs=1e-6)
+    expected_l2 = sum(x.pow(2).sum() for x in rows) / 2 + model.transform.weight.pow(2).sum() / 2
+    assert out.l2_batch().item() == pytest.approx(expected_l2.item(), rel=1e-5)
+    model.eval()
+    grid = model.score_grid(torch.arange(3), torch.arange(4))
+    all_pairs = model(torch.arange(3).repeat_interleave(4), torch.arange(4).repeat(3)).logits
+    torch.testing.assert_close(grid, all_pairs.view(3, 4), atol=1e-6, rtol=0)
+
+
+def test_relation_products_equal_products_with_gathered_matrices():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 6, generator=g)
+    matrices = torch.randn(7, 6, 5, generator=g)
+    relations = torch.randint(0, 7, (50,), generator=g)
+    relations[relations == 3] = 4  # a relation with no row
+    expected = (x.unsqueeze(1) @ matrices[relations]).squeeze(1)
+    torch.testing.assert_close(relation_products(x, relations, matrices), expected)
 
 
 def test_kge_term_is_a_training_loss_that_moves_relation_gradients():

@@ -15,11 +15,13 @@ and over all users' lists:
   items, divided by the catalogue's mean (1: no popularity bias; larger: the
   list favours popular items).
 
-Scoring runs in chunks of users × all items through a scoring function (the
-trainer's, so KG models get their user-conditioned blocks and others score ids),
-so memory is bounded by ``ranking_users`` × n_items scores (users' training and
-held-out items are kept as sorted rows, not ``n_users × n_items`` masks); a progress bar shows
-the chunks.
+Scoring runs in chunks of users × all items through a scoring function: the
+trainer's grid scorer where the model has one (a chunk of users against every item
+at once: KGCN-family models run their layers once per chunk over blocks sampled once),
+else its pair scorer (KG models then get user-conditioned blocks per pair, others
+score ids). Memory is bounded by ``ranking_users`` × n_items scores (users' training
+and held-out items are kept as sorted rows, not ``n_users × n_items`` masks); a
+progress bar shows the chunks.
 Checked against a per-user brute-force reference in ``tests/test_ranking.py``.
 """
 
@@ -129,6 +131,7 @@ def evaluate_ranking(
     split: str = "test",
     cold: torch.Tensor | None = None,
     check: Callable[[], None] | None = None,
+    score_grid: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Top-K metrics of a scoring function on a held-out split (see the module docstring).
 
@@ -144,6 +147,8 @@ def evaluate_ranking(
             of each user's cold relevant items among her top K (over the
             ``cold_ranking_users`` users who have one).
         check: called before each chunk; raises to stop (the trainer's interrupt check).
+        score_grid: ``[B]`` users -> ``[B, n_items]`` scores against every item; used
+            instead of ``score_pairs`` when given (the same scores, without the pairs).
     """
     seen = UserItemSets.positives(train, n_users, n_items)
     held = held_out[held_out[:, 2] == 1]
@@ -160,15 +165,18 @@ def evaluate_ranking(
         if check is not None:
             check()
         chunk = users[start : start + chunk_users]
-        pairs = torch.stack(
-            [
-                chunk.repeat_interleave(n_items),
-                items.repeat(len(chunk)),
-                torch.zeros(len(chunk) * n_items, dtype=torch.long),
-            ],
-            1,
-        )
-        scores = torch.from_numpy(score_pairs(pairs)).view(len(chunk), n_items)
+        if score_grid is not None:
+            scores = score_grid(chunk)
+        else:
+            pairs = torch.stack(
+                [
+                    chunk.repeat_interleave(n_items),
+                    items.repeat(len(chunk)),
+                    torch.zeros(len(chunk) * n_items, dtype=torch.long),
+                ],
+                1,
+            )
+            scores = torch.from_numpy(score_pairs(pairs)).view(len(chunk), n_items)
         chunk_relevant = relevant.rows(chunk)
         per_user, top = rank_metrics(scores, seen.rows(chunk), chunk_relevant, ks)
         if cold is not None:

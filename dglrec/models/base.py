@@ -52,6 +52,13 @@ class Capabilities:
         modalities: reads the item texts and friendships a recipe's ``[modalities]``
             asks for (:class:`TrainingTensors` ``item_features``, ``user_friends``);
             needs ``binds="training_data"``.
+        scores_grid: scores many users against every item at once (the full
+            ranking's fast path). Block models: ``score_grid(blocks, users,
+            edge_filter)`` gives ``[U, num_dst]`` logits against the destinations of
+            sampled (unconditioned) blocks, and ``dim`` is its state width. Id models:
+            ``score_grid(users, items)`` (plus the interaction graph for
+            ``ids_and_graph``) gives ``[U, I]`` logits, and ``grid_width`` is the
+            floats it holds per (user, item).
     """
 
     task: Task = "ctr"
@@ -62,6 +69,7 @@ class Capabilities:
     importance_sampling: bool = False
     explains: bool = False
     modalities: bool = False
+    scores_grid: bool = False
 
     def check(self, cls: type) -> None:
         """Raise ``TypeError`` naming ``cls`` if it lacks what it declares."""
@@ -90,6 +98,8 @@ class Capabilities:
             "load_kge_embeddings": self.kge_init,
             "importance_scores": self.importance_sampling,
             "explain": self.explains,
+            "score_grid": self.scores_grid,
+            "grid_width": self.scores_grid and self.inputs != "blocks",
         }
         missing = [name for name, needed in required.items() if needed and not hasattr(cls, name)]
         if missing:

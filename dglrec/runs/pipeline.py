@@ -159,6 +159,12 @@ def protocol_of(cfg: RecipeConfig, dataset: KGRecDataset) -> str:
         parts.append(f"AUC = mean over batches of {cfg.eval.batch_size} (nonstandard)")
     if cfg.sampler.resample == "fixed":
         parts.append("each entity's neighbours drawn once per run")
+    elif (
+        cfg.task.kind == "ctr"
+        and cfg.sampler.kind == "uniform"
+        and get_model(cfg.model_name).capabilities.inputs == "blocks"
+    ):
+        parts.append("scored on one neighbour sample per entity (eval stream)")
     m = cfg.modalities
     if m.wanted():
         what = [f"text {'+'.join(m.text)} ({m.encoder})"] if m.text else []

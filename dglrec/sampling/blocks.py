@@ -48,12 +48,35 @@ user); pruned edges' sources are never expanded further down.
 Samplers as the recipe names them (``[sampler] kind``) are :class:`PairSampler`
 objects: a DGL block sampler plus an optional edge filter built from the model's
 current embeddings at every step.
+
+Scoring draws
+-------------
+Scoring (eval and test metrics, the full ranking, ``dglrec recommend``) goes through
+:meth:`PairSampler.for_scoring`. The uniform sampler drawn per batch
+(``resample = "per_batch"``) then scores on *one* sample of ``K`` neighbours per
+entity, drawn for the whole KG from the eval stream
+(:class:`FixedAdjacencySampler` seeded by ``derived_seed(seed, EVAL_STREAM)``), the
+same sample at every scoring pass, as KGCN's reference code scores on its fixed
+adjacency: a pair's score no longer depends on the other pairs of its batch, so
+scoring may batch pairs freely. Training batches still draw per batch. Every other
+sampler scores as it trains.
+
+Grid scoring: users as a batch dimension
+----------------------------------------
+To score ``U`` users against all items (the full ranking), conditioning is not
+needed: the block sampler samples ordinary blocks once over the item entities, and
+the model runs its layers on them with node features ``[N, U, d]`` and edge
+attention ``[E, U, 1]``, DGL's multi-head layout (``edge_softmax`` normalises per
+destination for every user, ``update_all`` broadcasts). Importance top-K then becomes
+a ``[E, U]`` keep mask per block (:class:`GridTopK`): the same edges the pair path's
+:class:`ImportanceTopK` keeps for each (user, destination).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import dgl
 import torch
@@ -193,8 +216,8 @@ def top_k_per_group(
     sorted_group = group[order]
     size = torch.bincount(sorted_group)
     first = torch.cumsum(size, 0) - size
-    rank = torch.arange(len(order)) - first[sorted_group]
-    keep = torch.zeros(len(order), dtype=torch.bool)
+    rank = torch.arange(len(order), device=order.device) - first[sorted_group]
+    keep = torch.zeros(len(order), dtype=torch.bool, device=order.device)
     keep[order[rank < k]] = True
     return keep
 
@@ -221,6 +244,96 @@ class ImportanceTopK:
         return top_k_per_group(dst_state, score, src_entity, self.k)
 
 
+class _BlockRanks(NamedTuple):
+    """What :class:`GridTopK` needs of a block, whoever the users: per edge and per group."""
+
+    dst: torch.Tensor  # [E] destination of each edge
+    rel: torch.Tensor  # [E] relation of each edge
+    src_entity: torch.Tensor  # [E] entity of each edge's source (the tie-break)
+    group: torch.Tensor  # [E] (destination, relation) group of each edge
+    position: torch.Tensor  # [E] rank of the edge in its group, by source entity
+    group_rel: torch.Tensor  # [G] relation of each group
+    size: torch.Tensor  # [G] edges per group
+    mine: torch.Tensor  # [P] with other: every ordered pair of groups at one destination
+    other: torch.Tensor  # [P]
+
+
+class GridTopK:
+    """:class:`ImportanceTopK` for every user of a grid at once: ``[E, U]`` keep masks.
+
+    ``grid_top_k(block, users)[e, u]`` says whether user ``u``'s state at edge ``e``'s
+    destination keeps ``e``: the ``k`` in-edges of highest ``s(u, r)`` per (user,
+    destination), ties to the smaller source entity, as the pair path keeps them.
+
+    Why no sort per user: ``s(u, r)`` depends on the relation only, so an edge's rank
+    at its destination is the number of edges of relations that ``u`` scores higher,
+    plus its rank by source entity among the edges of its own relation (the second
+    term does not depend on ``u``, and is computed once per block). The first is a sum
+    over the few (relation, relation) pairs that meet at a destination. A user with two
+    relations of exactly equal score (where the tie-break by source entity crosses
+    relations) is masked by :func:`top_k_per_group` instead, exactly as the pair path.
+    """
+
+    def __init__(self, k: int, model: torch.nn.Module):
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        self.k = k
+        self.model = model
+        self._ranks: dict[int, tuple[dgl.DGLGraph, _BlockRanks]] = {}  # by id(block)
+
+    @staticmethod
+    def _block_ranks(block: dgl.DGLGraph) -> _BlockRanks:
+        src, dst = block.edges(order="eid")
+        rel = block.edata["rel"]
+        src_entity = block.srcdata[dgl.NID][src]
+        n_rel = int(rel.max()) + 1 if len(rel) else 1
+        keys, group = torch.unique(dst * n_rel + rel, return_inverse=True)  # sorted by dst
+        order = torch.argsort(src_entity, stable=True)
+        order = order[torch.argsort(group[order], stable=True)]
+        size = torch.bincount(group, minlength=len(keys))
+        first = torch.cumsum(size, 0) - size
+        position = torch.empty_like(order)
+        position[order] = torch.arange(len(order), device=order.device) - first[group[order]]
+        # Pair each group with every group of its destination (itself included).
+        group_dst = keys // n_rel
+        at_dst = torch.bincount(group_dst)
+        first_at_dst = (torch.cumsum(at_dst, 0) - at_dst)[group_dst]  # [G] first group there
+        per_dst = at_dst[group_dst]  # [G] groups at the group's destination
+        mine = torch.repeat_interleave(torch.arange(len(keys), device=keys.device), per_dst)
+        start = torch.cumsum(per_dst, 0) - per_dst
+        other = first_at_dst[mine] + torch.arange(len(mine), device=keys.device) - start[mine]
+        return _BlockRanks(dst, rel, src_entity, group, position, keys % n_rel, size, mine, other)
+
+    @torch.no_grad()
+    def __call__(self, block: dgl.DGLGraph, users: torch.Tensor) -> torch.Tensor:
+        """``[E, U]`` bool: edge ``e`` kept for ``users[u]``."""
+        if id(block) not in self._ranks:
+            self._ranks[id(block)] = block, self._block_ranks(block)
+        r = self._ranks[id(block)][1]
+        n_users, n_rel = len(users), int(r.group_rel.max()) + 1 if len(r.group_rel) else 1
+        score = self.model.importance_scores(
+            users.repeat_interleave(n_rel), torch.arange(n_rel, device=users.device).repeat(n_users)
+        )
+        score = score.view(n_users, n_rel).T.to(r.rel.device)  # [n_rel, U]
+        group_score = score[r.group_rel]  # [G, U]
+        # Edges ahead of each group's: those of the groups at its destination scored higher.
+        higher = (group_score[r.other] > group_score[r.mine]) * r.size[r.other, None]  # [P, U]
+        ahead = torch.zeros_like(group_score, dtype=torch.long).index_add_(0, r.mine, higher)
+        keep = ahead[r.group] + r.position[:, None] < self.k  # [E, U]
+        ranked = torch.sort(score, 0).values
+        tied = torch.nonzero((ranked[1:] == ranked[:-1]).any(0), as_tuple=True)[0]
+        if len(tied):  # ties across relations: rank (score, source entity) over the edges
+            offset = torch.arange(len(tied), device=r.dst.device)[:, None] * block.num_dst_nodes()
+            tied_keep = top_k_per_group(
+                (offset + r.dst).reshape(-1),  # (tied user, destination), user-major
+                score[:, tied][r.rel].T.reshape(-1),
+                r.src_entity.repeat(len(tied)),
+                self.k,
+            )
+            keep[:, tied] = tied_keep.view(len(tied), -1).T
+        return keep
+
+
 class PairSampler:
     """What ``[sampler] kind`` names: pairs -> :class:`PairBatch`.
 
@@ -229,6 +342,7 @@ class PairSampler:
             need no KG blocks (batches then carry only users, items and labels).
         importance_k: if set, prune every state's in-edges to the top-k by
             importance for its user (:class:`ImportanceTopK`).
+        dedup: how batches are conditioned (:func:`condition_on_users`).
     """
 
     def __init__(
@@ -240,6 +354,7 @@ class PairSampler:
         self.block_sampler = block_sampler
         self.importance_k = importance_k
         self.dedup = dedup
+        self._scoring_adjacency: FixedAdjacencySampler | None = None
 
     @property
     def deterministic(self) -> bool:
@@ -248,11 +363,32 @@ class PairSampler:
         True without KG blocks, for all-neighbour sampling (with or without the
         importance filter, a function of the pair's user only) and for a fixed
         adjacency; False for the per-batch uniform sampler, whose draws depend on the
-        batch's unique items and the generator's state.
+        batch's unique items and the generator's state. Always true of
+        :meth:`for_scoring`'s sampler.
         """
         return self.block_sampler is None or isinstance(
             self.block_sampler, MultiLayerFullNeighborSampler | FixedAdjacencySampler
         )
+
+    def for_scoring(self, seed: int) -> PairSampler:
+        """The sampler that scores pairs (see "Scoring draws" in the module docstring).
+
+        ``self`` unless it draws uniform neighbours per batch; then the same sampler over
+        one ``K``-neighbour sample of every entity, drawn with ``seed``
+        (``derived_seed(run seed, EVAL_STREAM)``), kept while ``seed`` is the same.
+        """
+        if not isinstance(self.block_sampler, FixedSizeNeighborSampler):
+            return self
+        cached = self._scoring_adjacency
+        if cached is None or cached.seed != seed:
+            uniform = self.block_sampler
+            cached = FixedAdjacencySampler(uniform.n_neighbors, uniform.n_layers, seed)
+            self._scoring_adjacency = cached
+        return PairSampler(cached, self.importance_k, self.dedup)
+
+    def grid_edge_filter(self, model: torch.nn.Module) -> GridTopK | None:
+        """The per-(user, edge) keep masks of grid scoring; ``None``: every edge is kept."""
+        return None if self.importance_k is None else GridTopK(self.importance_k, model)
 
     def scoring_batch_size(self, batch_size: int) -> int:
         """Pairs per batch when only scoring: ``batch_size`` unless the batching cannot matter.

@@ -25,12 +25,19 @@ user–item graph (LightGCN, Pop).
 Reproducibility: the seed of epoch ``e``'s shuffling and neighbour sampling is
 derived from ``(seed, e)``, and evaluation always samples with the same derived
 seed (:mod:`dglrec.seeding`).
+
+Scoring (eval and test metrics, the full ranking) never draws per batch: the uniform
+sampler scores on one ``K``-neighbour sample per entity drawn from the eval stream
+(:meth:`~dglrec.sampling.blocks.PairSampler.for_scoring`), so a pair's score does not
+depend on its batch, and training draws nothing less or more for it. Models that
+declare ``scores_grid`` are ranked on a grid (:meth:`CTRTrainer.score_grid`): blocks
+sampled once over every item, then chunks of users scored against all items at once.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -48,6 +55,9 @@ from dglrec.seeding import EVAL_STREAM, TRAIN_NEGATIVES_STREAM, derived_seed, re
 from dglrec.training.loop import EpochTrainer, Log, recipe_settings
 
 TRAIN_DEDUP = True  # conditioning of training batches (see train_epoch)
+# Grid scoring's memory bound: users per pass so that a layer holds about this many floats
+# (128 MB; its [E, U] attention and [N, U, d] states, CTRTrainer.grid_scorer).
+GRID_FLOATS = 1 << 25
 
 
 class CTRTrainer(EpochTrainer):
@@ -137,8 +147,13 @@ class CTRTrainer(EpochTrainer):
         batch_size: int,
         generator: torch.Generator | None = None,
         dedup: bool | None = None,
+        sampler: PairSampler | None = None,
     ) -> Iterator[PairBatch]:
-        """Shuffled (with ``generator``) batches; ``dedup`` as in ``PairSampler.sample``."""
+        """Shuffled (with ``generator``) batches; ``dedup`` as in ``PairSampler.sample``.
+
+        ``sampler``: the training sampler unless given (scoring passes its own).
+        """
+        sampler = sampler or self.sampler
         order = (
             torch.randperm(len(pairs), generator=generator)
             if generator is not None
@@ -148,23 +163,92 @@ class CTRTrainer(EpochTrainer):
             # Scoring (eval, test, ranking) goes through here too: a signal stops it.
             self.check_interrupt()
             chunk = pairs[order[start : start + batch_size]]
-            batch = self.sampler.sample(
+            batch = sampler.sample(
                 self.kg, chunk, self.dataset.item_entity, self.model, dedup=dedup
             )
             yield batch.to(self.cfg.train.device)
 
+    def scoring_sampler(self) -> PairSampler:
+        """The sampler that scores: per-batch uniform draws become one eval-stream sample."""
+        return self.sampler.for_scoring(derived_seed(self.cfg.seed, EVAL_STREAM))
+
     @torch.no_grad()
     def score_pairs(self, pairs: torch.Tensor) -> np.ndarray:
-        """Logits for ``pairs`` (``[n, 3]``), with a fixed sampling seed."""
+        """Logits for ``pairs`` (``[n, 3]``); the same whatever the batch size."""
         self.model.eval()
+        # No scoring sampler draws from the global generators; seeded all the same, so
+        # that nothing drawn while scoring can depend on the training run before it.
         reseed_sampling(derived_seed(self.cfg.seed, EVAL_STREAM))
+        sampler = self.scoring_sampler()
+        batch_size = sampler.scoring_batch_size(self.cfg.eval.batch_size)
         out = [
             self.score(batch).logits.float().cpu()
-            for batch in self.batches(
-                pairs, self.sampler.scoring_batch_size(self.cfg.eval.batch_size)
-            )
+            for batch in self.batches(pairs, batch_size, sampler=sampler)
         ]
         return torch.cat(out).numpy()
+
+    @torch.no_grad()
+    def grid_scorer(self, items: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``users -> [U, len(items)]`` logits, for a model that declares ``scores_grid``.
+
+        The scoring sampler samples its blocks once, over ``items``' entities (not
+        conditioned on users); each call runs ``model.score_grid`` on them for as many
+        users at a time as keep a layer near :data:`GRID_FLOATS` floats. Equal to
+        :meth:`score_pairs` of every (user, item) pair (``tests/test_fast_paths.py``).
+        """
+        self.model.eval()
+        device = self.cfg.train.device
+        if self.inputs != "blocks":
+            return self._id_grid_scorer(items.to(device))
+        sampler = self.scoring_sampler()
+        seeds, seed_pos = torch.unique(self.dataset.item_entity[items], return_inverse=True)
+        _, _, blocks = sampler.block_sampler.sample(self.kg, seeds)
+        blocks = [block.to(device) for block in blocks]
+        edge_filter = sampler.grid_edge_filter(self.model)
+        # Per user, a layer holds about 4 floats per edge and 6 states of width dim per node.
+        per_user = max(
+            4 * b.num_edges() + self.model.dim * (b.num_src_nodes() + 5 * b.num_dst_nodes())
+            for b in blocks
+        )
+        step = max(1, GRID_FLOATS // per_user)
+        seed_pos = seed_pos.to(device)
+
+        @torch.no_grad()
+        def score(users: torch.Tensor) -> torch.Tensor:
+            self.model.eval()
+            out = []
+            n_passes = -(-len(users) // step)
+            # Passes as even as possible (64 users, step 61: 32 + 32, not 61 + 3).
+            size = -(-len(users) // n_passes) if n_passes else 1
+            for start in range(0, len(users), size):
+                self.check_interrupt()
+                chunk = users[start : start + size].to(device)
+                logits = self.model.score_grid(blocks, chunk, edge_filter)
+                out.append(logits[:, seed_pos].float().cpu())
+            return torch.cat(out) if out else torch.zeros(0, len(items))
+
+        return score
+
+    def _id_grid_scorer(self, items: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """:meth:`grid_scorer` of a model that reads ids: ``model.score_grid(users, items)``."""
+        graph = (self.graph,) if self.inputs == "ids_and_graph" else ()
+        step = max(1, GRID_FLOATS // max(1, len(items) * self.model.grid_width))
+
+        @torch.no_grad()
+        def score(users: torch.Tensor) -> torch.Tensor:
+            self.model.eval()
+            out = []
+            for start in range(0, len(users), step):
+                self.check_interrupt()
+                chunk = users[start : start + step].to(items.device)
+                out.append(self.model.score_grid(chunk, items, *graph).float().cpu())
+            return torch.cat(out) if out else torch.zeros(0, len(items))
+
+        return score
+
+    def score_grid(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``[len(users), len(items)]`` logits of every (user, item) (see :meth:`grid_scorer`)."""
+        return self.grid_scorer(items)(users)
 
     def predict(self, pairs: torch.Tensor) -> np.ndarray:
         """Probabilities for ``pairs`` (``[n, 3]``), with a fixed sampling seed."""
@@ -187,24 +271,39 @@ class CTRTrainer(EpochTrainer):
         test.update(cold_auc(splits["test"], self.last_predictions["test"], cold))
         if self.cfg.eval.ranking_ks:
             began = time.perf_counter()
-            test.update(
-                evaluate_ranking(
-                    self.score_pairs,
-                    splits["train"],
-                    splits["test"],
-                    self.dataset.n_users,
-                    self.dataset.n_items,
-                    self.cfg.eval.ranking_ks,
-                    self.cfg.eval.ranking_users,
-                    check=self.check_interrupt,
-                    cold=cold,
-                )
-            )
+            test.update(self.ranking_metrics(splits["test"], cold=cold))
             self.log(
                 f"full ranking of {int(test['ranking_users'])} test users in "
                 f"{time.perf_counter() - began:.1f}s"
             )
         return test
+
+    def ranking_metrics(
+        self, held_out: torch.Tensor, split: str = "test", cold: torch.Tensor | None = None
+    ) -> dict:
+        """Full-ranking top-K metrics on ``held_out`` (``[eval] ranking_ks``, ``ranking_users``).
+
+        Scored on the grid (:meth:`grid_scorer`) where the model declares ``scores_grid``,
+        else pair by pair (:meth:`score_pairs`); the same scores either way.
+        """
+        splits, ev = self.dataset.splits, self.cfg.eval
+        n_items = self.dataset.n_items
+        grid = None
+        if self.model.capabilities.scores_grid:
+            grid = self.grid_scorer(torch.arange(n_items))
+        return evaluate_ranking(
+            self.score_pairs,
+            splits["train"],
+            held_out,
+            self.dataset.n_users,
+            n_items,
+            ev.ranking_ks,
+            ev.ranking_users,
+            split=split,
+            check=self.check_interrupt,
+            cold=cold,
+            score_grid=grid,
+        )
 
     # ------------------------------------------------------------------ training
     def train_epoch(self, epoch: int) -> float:

@@ -34,7 +34,7 @@ from dglrec.models.base import ScoreOutput, half_sq
 from dglrec.models.registry import register_model
 
 
-@register_model("bprmf", inputs="ids", objective="bpr")
+@register_model("bprmf", inputs="ids", objective="bpr", scores_grid=True)
 class BPRMF(nn.Module):
     def __init__(self, n_users: int, n_items: int, dim: int = 64):
         super().__init__()
@@ -53,3 +53,9 @@ class BPRMF(nn.Module):
             l2=half_sq(self.user_emb.weight, self.item_emb.weight),
             l2_batch=half_sq(user, item),
         )
+
+    grid_width = 1  # floats per (user, item) of score_grid
+
+    def score_grid(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``[U, I]`` logits ``e_u^⊤ e_i``: one matrix product."""
+        return self.user_emb(users) @ self.item_emb(items).T

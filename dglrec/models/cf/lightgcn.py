@@ -36,7 +36,7 @@ from dglrec.models.base import ScoreOutput, half_sq
 from dglrec.models.registry import register_model
 
 
-@register_model("lightgcn", inputs="ids_and_graph", objective="bpr")
+@register_model("lightgcn", inputs="ids_and_graph", objective="bpr", scores_grid=True)
 class LightGCN(nn.Module):
     def __init__(self, n_users: int, n_items: int, dim: int = 64, n_layers: int = 3):
         super().__init__()
@@ -72,3 +72,12 @@ class LightGCN(nn.Module):
             l2=half_sq(self.embedding.weight),
             l2_batch=half_sq(ego_users, ego_items),
         )
+
+    grid_width = 1  # floats per (user, item) of score_grid
+
+    def score_grid(
+        self, users: torch.Tensor, items: torch.Tensor, graph: dgl.DGLGraph
+    ) -> torch.Tensor:
+        """``[U, I]`` logits: one propagation, then one matrix product."""
+        final = self.propagate(graph)
+        return final[users] @ final[items + self.n_users].T

@@ -35,7 +35,6 @@ Shapes: as :class:`~dglrec.models.kg.kgcn.KGCN`.
 
 from __future__ import annotations
 
-import dgl
 import torch
 
 from dglrec.models.kg.kgcn import KGCN, UserRelationAttention
@@ -45,13 +44,11 @@ from dglrec.models.registry import register_model
 class ImportanceAttention(UserRelationAttention):
     """Edge weights = softmax over a state's neighbours of ``sigmoid(e_u · e_r)``."""
 
-    def edge_scores(
-        self, block: dgl.DGLGraph, user: torch.Tensor, rel: torch.Tensor
-    ) -> torch.Tensor:
-        return torch.sigmoid(super().edge_scores(block, user, rel))
+    def logit(self, affinity: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(affinity)
 
 
-@register_model("kaisg", kge_init=True, importance_sampling=True, explains=True)
+@register_model("kaisg", kge_init=True, importance_sampling=True, explains=True, scores_grid=True)
 class KAISG(KGCN):
     def __init__(
         self, n_users: int, n_entities: int, n_relations: int, dim: int = 16, n_layers: int = 1

@@ -52,7 +52,12 @@ UNLABELLED = 0.5
 
 
 @register_model(
-    "kgnn_ls", binds="training_data", kge_init=True, importance_sampling=True, explains=True
+    "kgnn_ls",
+    binds="training_data",
+    kge_init=True,
+    importance_sampling=True,
+    explains=True,
+    scores_grid=True,
 )
 class KGNNLS(KGCN):
     def __init__(
@@ -133,6 +138,10 @@ class KGNNLS(KGCN):
             return labels.new_zeros(())
         predicted = predicted[known].clamp(1e-6, 1 - 1e-6)
         return F.binary_cross_entropy(predicted, truth[known])
+
+    def score_grid(self, blocks, users, edge_filter=None) -> torch.Tensor:
+        """KGCN's grid over the top ``H`` of the sampled blocks (the score's field)."""
+        return super().score_grid(blocks[-self.n_layers :], users, edge_filter)
 
     def forward(self, blocks: list[dgl.DGLGraph], pair_index: torch.Tensor) -> ScoreOutput:
         output = super().forward(blocks[-self.n_layers :], pair_index)

@@ -56,7 +56,7 @@ class GatedAggregator(nn.Module):
         return self.linear(x) * torch.sigmoid(self.gate(x))
 
 
-@register_model("mgwa", kge_init=True, importance_sampling=True, explains=True)
+@register_model("mgwa", kge_init=True, importance_sampling=True, explains=True, scores_grid=True)
 class MGWA(KGCN):
     def __init__(
         self,

@@ -56,7 +56,9 @@ Args:
 Shapes:
     input: ``H`` conditioned blocks and ``pair_index`` ``[n_pairs]``;
     bound: features ``[n_items, D_k]``, histories ``[n_users, L]``, friends ``[n_users, F]``;
-    output: :class:`~dglrec.models.base.ScoreOutput` with logits ``[n_pairs]``.
+    output: :class:`~dglrec.models.base.ScoreOutput` with logits ``[n_pairs]``;
+    grid: KGCN's :meth:`~dglrec.models.kg.kgcn.KGCN.score_grid`, through
+    :meth:`user_vectors` and :meth:`entity_vectors`.
 """
 
 from __future__ import annotations
@@ -147,7 +149,7 @@ class ModalFusion(nn.Module):
         return torch.tanh(self.linear(x))
 
 
-@register_model("mkgcn", binds="training_data", explains=True, modalities=True)
+@register_model("mkgcn", binds="training_data", explains=True, modalities=True, scores_grid=True)
 class MKGCN(KGCN):
     def __init__(
         self,
@@ -264,6 +266,10 @@ class MKGCN(KGCN):
         row = item.clamp(min=0)
         mask = self.modal_mask[row] & (item >= 0).unsqueeze(1)
         return self.fusion(e, self.modal_vectors(row).to(e.dtype), mask)
+
+    def entity_vectors(self, entities: torch.Tensor) -> torch.Tensor:
+        """``h^{(0)}`` of the item aggregator (KGCN's hook): ``e'``."""
+        return self.fused_entities(entities)
 
     def _history_vectors(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``([n, L, d], [n, L])``: ``e'`` of each user's history sample and its mask."""

@@ -118,7 +118,9 @@ def _mlp(in_dim: int, out_dims: list[int]) -> nn.ModuleList:
     return nn.ModuleList(layers)
 
 
-@register_model("mkr", inputs="ids", objective="bce_and_kge", binds="training_data")
+@register_model(
+    "mkr", inputs="ids", objective="bce_and_kge", binds="training_data", scores_grid=True
+)
 class MKR(nn.Module):
     def __init__(
         self,
@@ -213,6 +215,17 @@ class MKR(nn.Module):
             l2=lambda: self._tables() + matrices,
             l2_batch=rows + matrices,
         )
+
+    @property
+    def grid_width(self) -> int:
+        """Floats per (user, item) of :meth:`score_grid`: ``s`` and one per squasher."""
+        return 1 + len(self.squashers)
+
+    def score_grid(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``[U, I]`` logits of :meth:`forward`: each tower once, then one matrix product."""
+        user = self._run_mlp(self.user_mlp, self.user_emb(users))
+        item, _ = self._cross(items, self.item_entity[items])
+        return multiple_prediction(user @ item.T, self.squashers)
 
     def triple_scores(
         self, items: torch.Tensor, heads: torch.Tensor, relations: torch.Tensor, tails: torch.Tensor

@@ -26,7 +26,9 @@ from dglrec.models.kg.mkr import MKR
 from dglrec.models.registry import register_model
 
 
-@register_model("mmss_mkr", inputs="ids", objective="bce_and_kge", binds="training_data")
+@register_model(
+    "mmss_mkr", inputs="ids", objective="bce_and_kge", binds="training_data", scores_grid=True
+)
 class MMSSMKR(MKR):
     def __init__(
         self,

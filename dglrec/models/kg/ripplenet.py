@@ -41,7 +41,7 @@ from dglrec.models.registry import register_model
 from dglrec.sampling.ripple_sets import build_ripple_sets
 
 
-@register_model("ripplenet", inputs="ids", binds="training_data")
+@register_model("ripplenet", inputs="ids", binds="training_data", scores_grid=True)
 class RippleNet(nn.Module):
     def __init__(
         self,
@@ -91,25 +91,18 @@ class RippleNet(nn.Module):
         self.has_memory.copy_(ripple.mask)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> ScoreOutput:
-        d = self.dim
         v = self.entity_emb(self.item_entity[items])  # [n, d]
         present = self.has_memory[users].to(v.dtype)[:, None]  # users without memory: o = 0
         response = torch.zeros_like(v)
         kge = v.new_zeros(())
-        rows = []
+        rows, relation_uses = [], []
         # Scoring: R_i h_i and t_i depend on the user only, so they are computed once per
-        # distinct user of the batch and gathered per pair (a full ranking scores each user
-        # against every item; per pair, the [n, M, d, d] relation matrices would dominate).
+        # distinct user of the batch and gathered per pair.
         owner, users = (None, users) if self.training else (users, None)
         if owner is not None:
             users, owner = torch.unique(owner, return_inverse=True)
         for hop in range(self.n_hop):
-            h = self.entity_emb(self.memory_heads[users, hop])  # [n, M, d]
-            t = self.entity_emb(self.memory_tails[users, hop])
-            relation = self.relation_emb(self.memory_relations[users, hop]).view(
-                -1, self.n_memory, d, d
-            )
-            rh = (relation @ h.unsqueeze(-1)).squeeze(-1)  # R_i h_i: [n, M, d]
+            h, relations, t, rh = self._memories(users, hop)
             if owner is not None:
                 rh, t = rh[owner], t[owner]
             p = torch.softmax((rh * v[:, None]).sum(-1), dim=1)  # [n, M]
@@ -117,18 +110,84 @@ class RippleNet(nn.Module):
             v = self.transform(v + o)
             response = response + o
             if self.training:  # the KGE term is a training loss only
-                plausibility = torch.sigmoid(
-                    (h.unsqueeze(-2) @ relation @ t.unsqueeze(-1)).flatten(1)
-                )
+                # h_i^T R_i t_i = (h_i^T R_i) · t_i.
+                h_r = relation_products(h.flatten(0, 1), relations.flatten(), self._matrices())
+                plausibility = torch.sigmoid((h_r.view_as(t) * t).sum(-1))
                 kge = kge - plausibility.mean()
-            rows += [h, t, relation]
+            rows += [h, t]
+            relation_uses.append(relations.flatten())
         logits = (v * response).sum(-1)
         aux = {"loss_kge": self.kge_weight * kge} if self.training else {}
         transform = half_sq(self.transform.weight)
         return ScoreOutput(
             logits=logits,
             l2=lambda: half_sq(self.entity_emb.weight, self.relation_emb.weight) + transform,
-            # The reference penalises the ripple triples' vectors looked up by the batch.
-            l2_batch=lambda: half_sq(*rows) + transform,
+            # The reference penalises the ripple triples' vectors looked up by the batch:
+            # each use of R_r adds ½‖R_r‖², so ½‖R_r‖² weighted by its count of uses.
+            l2_batch=lambda: half_sq(*rows) + self._uses_l2(torch.cat(relation_uses)) + transform,
             aux=aux,
         )
+
+    @torch.no_grad()
+    def score_grid(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``[U, I]`` logits of every user against every item: :meth:`forward`'s scores.
+
+        Per hop, ``v^⊤ R_i h_i`` of all (user, item, memory) is one batched product of
+        the ``[U, I, d]`` item states with each user's ``[M, d]`` memories ``R_i h_i``.
+        Memory: about ``M + 3d`` floats per (user, item) (:attr:`grid_width`).
+        """
+        v = self.entity_emb(self.item_entity[items])  # [I, d], the same for every user
+        present = self.has_memory[users].to(v.dtype)[:, None, None]
+        response = v.new_zeros(())
+        for hop in range(self.n_hop):
+            _, _, t, rh = self._memories(users, hop)  # [U, M, d]
+            p = torch.softmax(v @ rh.transpose(1, 2), dim=-1)  # [U, I, M]
+            o = (p @ t) * present  # [U, I, d]
+            v = self.transform(v + o)
+            response = response + o
+        return (v * response).sum(-1)
+
+    @property
+    def grid_width(self) -> int:
+        """Floats per (user, item) cell that :meth:`score_grid` holds at once."""
+        return self.n_memory + 4 * self.dim
+
+    def _matrices(self) -> torch.Tensor:
+        """``[n_relations, d, d]``: the relation matrices ``R_r``."""
+        return self.relation_emb.weight.view(-1, self.dim, self.dim)
+
+    def _memories(self, users: torch.Tensor, hop: int):
+        """Hop ``hop``'s heads, relations, tails and ``R_i h_i`` of ``users``' ripple sets."""
+        heads = self.memory_heads[users, hop]  # [n, M]
+        relations = self.memory_relations[users, hop]
+        h = self.entity_emb(heads)  # [n, M, d]
+        t = self.entity_emb(self.memory_tails[users, hop])
+        # R_i h_i as a row: h_i^T R_i^T.
+        rh = relation_products(
+            h.flatten(0, 1), relations.flatten(), self._matrices().transpose(1, 2)
+        ).view_as(h)
+        return h, relations, t, rh
+
+    def _uses_l2(self, relations: torch.Tensor) -> torch.Tensor:
+        uses = torch.bincount(relations, minlength=self.relation_emb.num_embeddings)
+        return (
+            uses.to(self.relation_emb.weight.dtype) * self.relation_emb.weight.pow(2).sum(1)
+        ).sum() / 2
+
+
+def relation_products(
+    x: torch.Tensor, relations: torch.Tensor, matrices: torch.Tensor
+) -> torch.Tensor:
+    """``[n, e]``: ``x[i] @ matrices[relations[i]]``; ``x`` ``[n, d]``, ``matrices`` ``[R, d, e]``.
+
+    Rows sorted by relation, one matrix product per relation present: gathering
+    ``matrices[relations]`` instead would hold ``[n, d, e]`` floats (half a gigabyte
+    for a batch of 1,024 users with 32 memories at ``d = 64``) and run 10-30x slower.
+    """
+    order = torch.argsort(relations)
+    counts = torch.bincount(relations, minlength=len(matrices)).tolist()
+    parts = x[order].split(counts)
+    products = torch.cat([part @ matrices[r] for r, part in enumerate(parts) if len(part)])
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order), device=order.device)
+    return products[inverse]
