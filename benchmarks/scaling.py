@@ -3,7 +3,9 @@
 For each ``--scales`` factor, ``synthetic_kg.write_synthetic_kg`` writes a dataset of
 that many times Last.FM-KG's size (cached under ``--root``); each (scale, model) then runs
 in its own subprocess (peak RSS is its own): build the model's recipe on that data
-(``model.init = random``), time one training epoch, and rank a fixed sample of
+(``model.init = random``), time the first ``--train-batches`` batches of a training
+epoch (s/epoch = their time × batches per epoch / timed batches: the whole epoch
+where it has no more batches), and rank a fixed sample of
 ``--rank-users`` test users (the same at every scale: the first ones with a test
 positive) against the whole catalogue as ``CTRTrainer.ranking_metrics`` does (on the
 grid where the model declares ``scores_grid``, else through ``score_pairs``), in chunks
@@ -34,7 +36,13 @@ from synthetic_kg import write_synthetic_kg  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-def worker(raw: str, name: str, model: str, rank_users: int, threads: int) -> dict:
+class _Enough(Exception):
+    """Raised inside the training loop once the timed batches are done."""
+
+
+def worker(
+    raw: str, name: str, model: str, rank_users: int, threads: int, train_batches: int
+) -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -49,9 +57,27 @@ def worker(raw: str, name: str, model: str, rank_users: int, threads: int) -> di
     built = pipeline.build(cfg, log=lambda _: None)
     trainer = pipeline.trainer_for(built, log=lambda _: None)
     out = {"build_s": time.perf_counter() - began}
+    # Time the first `train_batches` batches of epoch 1 through the real training loop
+    # (train_epoch checks for an interrupt before every batch: the count stops it).
+    n_batches = -(-len(trainer.epoch_pairs(1)) // cfg.train.batch_size)
+    checks = 0
+
+    def count_batches() -> None:
+        nonlocal checks
+        checks += 1
+        if checks > train_batches:
+            raise _Enough
+
+    trainer.check_interrupt = count_batches
     began = time.perf_counter()
-    trainer.train_epoch(1)
-    out["s_per_epoch"] = time.perf_counter() - began
+    try:
+        trainer.train_epoch(1)
+        timed = n_batches
+    except _Enough:
+        timed = train_batches
+    del trainer.check_interrupt
+    out["timed_batches"], out["n_batches"] = timed, n_batches
+    out["s_per_epoch"] = (time.perf_counter() - began) * n_batches / max(timed, 1)
     splits, n_items = trainer.dataset.splits, trainer.dataset.n_items
     test = splits["test"]
     users = torch.unique(test[test[:, 2] == 1][:, 0])[:rank_users]
@@ -129,6 +155,12 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["kgcn", "kaisg", "lightgcn", "bprmf"])
     parser.add_argument("--root", type=Path, default=Path("benchmarks/results/scaling"))
     parser.add_argument("--rank-users", type=int, default=2000)
+    parser.add_argument(
+        "--train-batches",
+        type=int,
+        default=300,
+        help="batches of epoch 1 timed; s/epoch = their time x batches per epoch / this",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scaling.json"))
@@ -137,7 +169,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         raw, name, model = args.worker
-        print(json.dumps(worker(raw, name, model, args.rank_users, args.threads)))
+        print(
+            json.dumps(worker(raw, name, model, args.rank_users, args.threads, args.train_batches))
+        )
         return
     rows = []
     for scale in args.scales:
@@ -148,6 +182,7 @@ def main() -> None:
         for model in args.models:
             cmd = [sys.executable, __file__, "--worker", str(raw), name, model]
             cmd += ["--rank-users", str(args.rank_users), "--threads", str(args.threads)]
+            cmd += ["--train-batches", str(args.train_batches)]
             env = dict(os.environ, PYTHONPATH=str(REPO))
             row = {"scale": scale, "model": model}
             try:

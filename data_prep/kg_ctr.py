@@ -128,42 +128,75 @@ def _index(
     return mapping, out
 
 
+# Random keys held at once while drawing negatives (float64: 32 MiB), whatever the
+# catalogue: the chunk of users shrinks as the catalogue grows.
+NEGATIVE_KEYS_PER_CHUNK = 1 << 22
+
+
 def sample_negatives(
-    rated: np.ndarray,
+    rated_users: np.ndarray,
+    rated_items: np.ndarray,
+    shape: tuple[int, int],
     n_negatives: np.ndarray,
     rng: np.random.Generator,
-    users_per_chunk: int = 4096,
+    users_per_chunk: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw negatives for every user, uniformly without replacement from unrated items.
 
     Vectorised over a chunk of users: every (user, item) gets a uniform random key,
-    rated items get +inf, and each user keeps the items with its smallest keys.
+    rated items get +inf, and each user keeps the items with its smallest keys (in
+    increasing key order). The keys are drawn row after row from ``rng`` whatever
+    the chunking, so the draws do not depend on ``users_per_chunk``; only the
+    smallest keys of each row are sorted (``argpartition``), and the rated set is
+    never a dense ``[n_users, n_items]`` matrix (72 GB at 100× Last.FM).
 
     Args:
-        rated: ``[n_users, n_items]`` bool, True where the user rated the item.
+        rated_users, rated_items: the rated (user, item) pairs (repeats allowed).
+        shape: ``(n_users, n_items)``.
         n_negatives: ``[n_users]`` how many to draw; clipped to the unrated count.
         rng: the seeded generator.
+        users_per_chunk: users per chunk; default: :data:`NEGATIVE_KEYS_PER_CHUNK` keys.
 
     Returns:
-        ``(users, items)`` of the drawn negative pairs.
+        ``(users, items)`` of the drawn negative pairs, by user, each user's in key order.
     """
-    n_users, n_items = rated.shape
-    n_negatives = np.minimum(n_negatives, n_items - rated.sum(1))
-    users_out, items_out = [], []
+    n_users, n_items = shape
+    rated = np.unique(np.asarray(rated_users) * n_items + np.asarray(rated_items))
+    n_rated = np.bincount(rated // n_items, minlength=n_users)
+    indptr = np.concatenate([[0], np.cumsum(n_rated)])
+    n_negatives = np.minimum(n_negatives, n_items - n_rated)
+    if users_per_chunk is None:
+        users_per_chunk = max(1, NEGATIVE_KEYS_PER_CHUNK // max(n_items, 1))
+    users_out, items_out = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for start in range(0, n_users, users_per_chunk):
-        block = rated[start : start + users_per_chunk]
-        keys = rng.random(block.shape)
-        keys[block] = np.inf
-        order = np.argsort(keys, axis=1, kind="stable")
-        take = np.arange(n_items)[None, :] < n_negatives[start : start + len(block), None]
-        rows, cols = np.nonzero(take)
+        stop = min(start + users_per_chunk, n_users)
+        keys = rng.random((stop - start, n_items))
+        mine = rated[indptr[start] : indptr[stop]]
+        keys[mine // n_items - start, mine % n_items] = np.inf
+        wanted = n_negatives[start:stop]
+        most = int(wanted.max())
+        if most == 0:
+            continue
+        if most < n_items:
+            # Each row's `most` smallest keys (a wanted item is never +inf: the counts
+            # are clipped to the unrated ones), by item, then stably by key: the
+            # order a stable sort of the whole row gives them.
+            smallest = np.sort(np.argpartition(keys, most - 1, axis=1)[:, :most], axis=1)
+            by_key = np.argsort(np.take_along_axis(keys, smallest, 1), axis=1, kind="stable")
+            order = np.take_along_axis(smallest, by_key, 1)
+        else:
+            order = np.argsort(keys, axis=1, kind="stable")
+        rows, cols = np.nonzero(np.arange(order.shape[1])[None, :] < wanted[:, None])
         users_out.append(rows + start)
         items_out.append(order[rows, cols])
     return np.concatenate(users_out), np.concatenate(items_out)
 
 
 def inverse_popularity_negatives(
-    positive: np.ndarray, n_negatives: np.ndarray, rng: np.random.Generator
+    positive_items: np.ndarray,
+    shape: tuple[int, int],
+    n_negatives: np.ndarray,
+    rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
     """MKGCN's public code's negatives: items drawn with probability ∝ 1 / (1 + positives).
 
@@ -171,12 +204,14 @@ def inverse_popularity_negatives(
     "negative" can be an item she listened to), as that code does.
 
     Args:
-        positive: ``[n_users, n_items]`` bool positives.
+        positive_items: the item of every (distinct) positive pair.
+        shape: ``(n_users, n_items)``.
         n_negatives: ``[n_users]`` how many to draw per user.
     """
-    weight = 1.0 / (1.0 + positive.sum(0))
-    users = np.repeat(np.arange(len(positive)), n_negatives)
-    items = rng.choice(positive.shape[1], size=len(users), p=weight / weight.sum())
+    n_users, n_items = shape
+    weight = 1.0 / (1.0 + np.bincount(positive_items, minlength=n_items))
+    users = np.repeat(np.arange(n_users), n_negatives)
+    items = rng.choice(n_items, size=len(users), p=weight / weight.sum())
     return users, items
 
 
@@ -251,16 +286,15 @@ def build(protocol: CTRProtocol, raw_dir: Path, checksums: dict[str, str]) -> KG
             f"{ITEM_ENTITY_FILE}; there is nothing to learn from"
         )
 
-    rated = np.zeros((n_users, n_items), dtype=bool)
-    rated[rating_user[keep], rating_item[keep]] = True
-    positive = np.zeros((n_users, n_items), dtype=bool)
-    positive[rating_user[is_positive], rating_item[is_positive]] = True
-    pos_users, pos_items = np.nonzero(positive)
+    # Distinct positive pairs by user, then item (a dense matrix's row-major order).
+    positive = np.unique(rating_user[is_positive] * n_items + rating_item[is_positive])
+    pos_users, pos_items = positive // n_items, positive % n_items
+    rated_pairs = rating_user[keep], rating_item[keep]
 
     rng_negatives = np.random.default_rng([protocol.seed, shared.NEGATIVES_STREAM])
     rng_split = np.random.default_rng([protocol.seed, shared.SPLIT_STREAM])
     n_entities = len(entity_index)
-    n_neg = positive.sum(1) * protocol.negatives_per_positive
+    n_neg = np.bincount(pos_users, minlength=n_users) * protocol.negatives_per_positive
     if protocol.negative_pool == "all_entities":
         # Every KG entity becomes a candidate item; non-item entities follow the items
         # (their ids), so item i is still entity i.
@@ -269,17 +303,22 @@ def build(protocol: CTRProtocol, raw_dir: Path, checksums: dict[str, str]) -> KG
                 "data.negative_pool: 'all_entities' needs a KG with entities besides the "
                 f"items; {raw_dir / KG_FILE} adds none"
             )
-        rated = np.pad(rated, ((0, 0), (0, n_entities - n_items)))
-        neg_users, neg_items = sample_negatives(rated, n_neg, rng_negatives)
+        neg_users, neg_items = sample_negatives(
+            *rated_pairs, (n_users, n_entities), n_neg, rng_negatives
+        )
         extra = np.setdiff1d(np.arange(n_entities), item_entity)
         item_entity = np.concatenate([item_entity, extra])
         entity_raw = sorted(entity_index, key=entity_index.get)
         item_raw = list(item_raw) + [f"entity:{entity_raw[e]}" for e in extra]
         n_items = len(item_entity)
     elif protocol.negative_pool == "inverse_popularity":
-        neg_users, neg_items = inverse_popularity_negatives(positive, n_neg, rng_negatives)
+        neg_users, neg_items = inverse_popularity_negatives(
+            pos_items, (n_users, n_items), n_neg, rng_negatives
+        )
     else:
-        neg_users, neg_items = sample_negatives(rated, n_neg, rng_negatives)
+        neg_users, neg_items = sample_negatives(
+            *rated_pairs, (n_users, n_items), n_neg, rng_negatives
+        )
 
     pairs = np.concatenate(
         [
@@ -320,7 +359,7 @@ def build(protocol: CTRProtocol, raw_dir: Path, checksums: dict[str, str]) -> KG
         "entities": n_entities,
         "relations": len(relation_index),
         "triples": len(heads),
-        "positives": int(positive.sum()),
+        "positives": len(positive),
         "labelled_pairs": int(len(pairs)),
         "train": len(splits["train"]),
         "eval": len(splits["eval"]),

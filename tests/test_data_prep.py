@@ -611,10 +611,36 @@ def _by_user(users, items, n_users):
     return [items[users == u].tolist() for u in range(n_users)]
 
 
+def _draw(rated, wanted, rng, **kwargs):
+    """``sample_negatives`` of a dense rated matrix (the function takes its pairs)."""
+    return sample_negatives(*np.nonzero(rated), rated.shape, wanted, rng, **kwargs)
+
+
+def _full_sort_reference(rated, wanted, rng):
+    """Every row's keys sorted whole: what ``sample_negatives`` must equal, draw for draw."""
+    keys = rng.random(rated.shape)
+    keys[rated] = np.inf
+    order = np.argsort(keys, axis=1, kind="stable")
+    wanted = np.minimum(wanted, rated.shape[1] - rated.sum(1))
+    rows, cols = np.nonzero(np.arange(rated.shape[1])[None, :] < wanted[:, None])
+    return rows, order[rows, cols]
+
+
+@pytest.mark.parametrize("users_per_chunk", [None, 1, 7, 1000])
+def test_sample_negatives_equal_a_full_sort_of_each_row(users_per_chunk):
+    gen = np.random.default_rng(5)
+    rated = gen.random((300, 40)) < gen.random((300, 1)) * 0.6
+    rated[3] = True  # a user who rated everything
+    wanted = gen.integers(0, 45, 300)
+    got = _draw(rated, wanted, np.random.default_rng(9), users_per_chunk=users_per_chunk)
+    expected = _full_sort_reference(rated, wanted, np.random.default_rng(9))
+    assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_sample_negatives_invariants(seed):
     wanted = np.array([3, 5, 2, 8, 0])
-    users, items = sample_negatives(RATED, wanted, np.random.default_rng(seed))
+    users, items = _draw(RATED, wanted, np.random.default_rng(seed))
     got = _by_user(users, items, 5)
     unrated = [set(np.flatnonzero(~row).tolist()) for row in RATED]
     for u in range(5):
@@ -626,13 +652,13 @@ def test_sample_negatives_invariants(seed):
 
 def test_sample_negatives_deterministic_and_chunk_independent():
     wanted = np.array([3, 5, 2, 8, 4])
-    a = sample_negatives(RATED, wanted, np.random.default_rng(11))
-    b = sample_negatives(RATED, wanted, np.random.default_rng(11))
-    c = sample_negatives(RATED, wanted, np.random.default_rng(11), users_per_chunk=2)
+    a = _draw(RATED, wanted, np.random.default_rng(11))
+    b = _draw(RATED, wanted, np.random.default_rng(11))
+    c = _draw(RATED, wanted, np.random.default_rng(11), users_per_chunk=2)
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     # Chunking is an implementation detail: same draws, same user offsets.
     assert np.array_equal(a[0], c[0]) and np.array_equal(a[1], c[1])
-    d = sample_negatives(RATED, wanted, np.random.default_rng(12))
+    d = _draw(RATED, wanted, np.random.default_rng(12))
     assert any(
         sorted(x) != sorted(y) for x, y in zip(_by_user(*a, 5), _by_user(*d, 5), strict=True)
     )
@@ -640,9 +666,7 @@ def test_sample_negatives_deterministic_and_chunk_independent():
 
 def test_sample_negatives_uniform():
     rated = np.tile(RATED[0], (4000, 1))  # six unrated items: 1, 2, 4, 5, 6, 7
-    users, items = sample_negatives(
-        rated, np.full(4000, 2), np.random.default_rng(0), users_per_chunk=999
-    )
+    users, items = _draw(rated, np.full(4000, 2), np.random.default_rng(0), users_per_chunk=999)
     assert len(users) == 8000 and np.array_equal(np.bincount(users), np.full(4000, 2))
     counts = np.bincount(items, minlength=8)
     assert counts[0] == counts[3] == 0
