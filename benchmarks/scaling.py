@@ -57,27 +57,28 @@ def worker(
     built = pipeline.build(cfg, log=lambda _: None)
     trainer = pipeline.trainer_for(built, log=lambda _: None)
     out = {"build_s": time.perf_counter() - began}
-    # Time the first `train_batches` batches of epoch 1 through the real training loop
-    # (train_epoch checks for an interrupt before every batch: the count stops it).
+    # Time the first `train_batches` batches of epoch 1 through the real training loop:
+    # its batch generator stops after them.
     n_batches = -(-len(trainer.epoch_pairs(1)) // cfg.train.batch_size)
-    checks = 0
+    all_batches = trainer.batches
 
-    def count_batches() -> None:
-        nonlocal checks
-        checks += 1
-        if checks > train_batches:
-            raise _Enough
+    def first_batches(*args, **kwargs):
+        for n, batch in enumerate(all_batches(*args, **kwargs)):
+            if n == train_batches:
+                raise _Enough
+            yield batch
 
-    trainer.check_interrupt = count_batches
+    trainer.batches = first_batches
     began = time.perf_counter()
     try:
         trainer.train_epoch(1)
         timed = n_batches
     except _Enough:
         timed = train_batches
-    del trainer.check_interrupt
+    seconds = time.perf_counter() - began
+    del trainer.batches
     out["timed_batches"], out["n_batches"] = timed, n_batches
-    out["s_per_epoch"] = (time.perf_counter() - began) * n_batches / max(timed, 1)
+    out["s_per_epoch"] = seconds * n_batches / max(timed, 1)
     splits, n_items = trainer.dataset.splits, trainer.dataset.n_items
     test = splits["test"]
     users = torch.unique(test[test[:, 2] == 1][:, 0])[:rank_users]
