@@ -77,12 +77,18 @@ def test_memory_sampling_is_without_replacement_when_possible():
     assert torch.equal(chosen, again)
 
 
-def test_forward_matches_a_loop_reference():
-    torch.manual_seed(0)
+def _small_model(init_seed: int) -> RippleNet:
+    """Two hops, 3 memories of dim 4 over a 6-triple KG, bound to 5 training pairs."""
+    torch.manual_seed(init_seed)
     model = RippleNet(n_users=3, n_items=4, n_entities=8, n_relations=3, dim=4, n_hop=2, n_memory=3)
     triples = torch.tensor([[0, 0, 4], [1, 1, 5], [2, 2, 6], [3, 0, 7], [4, 1, 5], [5, 2, 6]])
     pairs = torch.tensor([[0, 0, 1], [0, 2, 1], [1, 1, 1], [2, 3, 0], [1, 3, 1]])
     model.bind_training_data(TrainingTensors(pairs, torch.arange(4), triples, 8, seed=3))
+    return model
+
+
+def test_forward_matches_a_loop_reference():
+    model = _small_model(init_seed=0)
     model.eval()
     users, items = torch.tensor([0, 1, 1]), torch.tensor([3, 2, 0])
     logits = model(users, items).logits
@@ -106,11 +112,7 @@ def test_forward_matches_a_loop_reference():
 
 def test_training_terms_and_grid_match_a_loop_reference():
     """KGE term, batch L2 and ``score_grid`` against per-memory loops over gathered R_i."""
-    torch.manual_seed(1)
-    model = RippleNet(n_users=3, n_items=4, n_entities=8, n_relations=3, dim=4, n_hop=2, n_memory=3)
-    triples = torch.tensor([[0, 0, 4], [1, 1, 5], [2, 2, 6], [3, 0, 7], [4, 1, 5], [5, 2, 6]])
-    pairs = torch.tensor([[0, 0, 1], [0, 2, 1], [1, 1, 1], [2, 3, 0], [1, 3, 1]])
-    model.bind_training_data(TrainingTensors(pairs, torch.arange(4), triples, 8, seed=3))
+    model = _small_model(init_seed=1)
     users, items = torch.tensor([0, 1, 1, 0]), torch.tensor([3, 2, 0, 3])
     model.train()
     out = model(users, items)

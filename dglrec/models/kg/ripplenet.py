@@ -134,7 +134,7 @@ class RippleNet(nn.Module):
 
         Per hop, ``v^⊤ R_i h_i`` of all (user, item, memory) is one batched product of
         the ``[U, I, d]`` item states with each user's ``[M, d]`` memories ``R_i h_i``.
-        Memory: about ``M + 3d`` floats per (user, item) (:attr:`grid_width`).
+        Memory: about ``M + 4d`` floats per (user, item) (:attr:`grid_width`).
         """
         v = self.entity_emb(self.item_entity[items])  # [I, d], the same for every user
         present = self.has_memory[users].to(v.dtype)[:, None, None]
