@@ -195,6 +195,23 @@ def test_id_model_grid_scores_like_pairs(tiny_raw, isolated, monkeypatch, model)
     assert_grid_equals_pairs(trainer, monkeypatch)
 
 
+def test_lightgcn_ranking_propagates_once(tiny_raw, isolated, monkeypatch):
+    """A full ranking in many passes propagates LightGCN's graph once, not once per pass."""
+    cfg = recipe_on("lightgcn.toml", "tiny-kg", tiny_raw, "eval.ranking_ks=[2, 5]")
+    built = pipeline.build(cfg, log=lambda _: None)
+    trainer = pipeline.trainer_for(built, log=lambda _: None)
+    trainer.train_epoch(1)
+    calls = []
+    propagate = trainer.model.propagate
+    monkeypatch.setattr(trainer.model, "propagate", lambda g: calls.append(1) or propagate(g))
+    monkeypatch.setattr(ctr, "GRID_FLOATS", 1)  # one user per pass
+    n_users, n_items = trainer.dataset.n_users, trainer.dataset.n_items
+    grid = trainer.score_grid(torch.arange(n_users), torch.arange(n_items))
+    assert len(calls) == 1 and grid.shape == (n_users, n_items)
+    pair = torch.from_numpy(trainer.score_pairs(all_pairs(trainer))).view(n_users, n_items)
+    torch.testing.assert_close(grid, pair, atol=1e-5, rtol=0)
+
+
 def test_ripplenet_scores_per_distinct_user_like_per_pair(tiny_raw, isolated):
     """RippleNet's scoring computes R_i h_i once per user: the training path's logits."""
     cfg = recipe_on("ripplenet.toml", "tiny-kg", tiny_raw)

@@ -58,7 +58,9 @@ class Capabilities:
             sampled (unconditioned) blocks, and ``dim`` is its state width. Id models:
             ``score_grid(users, items)`` (plus the interaction graph for
             ``ids_and_graph``) gives ``[U, I]`` logits, and ``grid_width`` is the
-            floats it holds per (user, item).
+            floats it holds per (user, item); one whose item side does not depend on
+            the user may also define ``grid_scorer(items[, graph])`` returning
+            ``users -> [U, I]`` logits, prepared once per ranking (LightGCN).
     """
 
     task: Task = "ctr"

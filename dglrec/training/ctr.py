@@ -213,36 +213,52 @@ class CTRTrainer(EpochTrainer):
         step = max(1, GRID_FLOATS // per_user)
         seed_pos = seed_pos.to(device)
 
-        @torch.no_grad()
-        def score(users: torch.Tensor) -> torch.Tensor:
-            self.model.eval()
-            out = []
-            n_passes = -(-len(users) // step)
-            # Passes as even as possible (64 users, step 61: 32 + 32, not 61 + 3).
-            size = -(-len(users) // n_passes) if n_passes else 1
-            for start in range(0, len(users), size):
-                self.check_interrupt()
-                chunk = users[start : start + size].to(device)
-                logits = self.model.score_grid(blocks, chunk, edge_filter)
-                out.append(logits[:, seed_pos].float().cpu())
-            return torch.cat(out) if out else torch.zeros(0, len(items))
+        def score_users(users: torch.Tensor) -> torch.Tensor:
+            logits = self.model.score_grid(blocks, users.to(device), edge_filter)
+            return logits[:, seed_pos]
 
-        return score
+        return self._in_passes(score_users, step, len(items))
 
     def _id_grid_scorer(self, items: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        """:meth:`grid_scorer` of a model that reads ids: ``model.score_grid(users, items)``."""
+        """:meth:`grid_scorer` of a model that reads ids.
+
+        A model whose item side does not depend on the user (LightGCN's propagation)
+        prepares it once per ranking with ``model.grid_scorer(items[, graph])``; otherwise
+        each pass calls ``model.score_grid(users, items[, graph])``.
+        """
         graph = (self.graph,) if self.inputs == "ids_and_graph" else ()
+        prepare = getattr(self.model, "grid_scorer", None)
+        if prepare is not None:
+            score_users = prepare(items, *graph)
+        else:
+
+            def score_users(users: torch.Tensor) -> torch.Tensor:
+                return self.model.score_grid(users, items, *graph)
+
         step = max(1, GRID_FLOATS // max(1, len(items) * self.model.grid_width))
+        device = items.device
+        return self._in_passes(lambda users: score_users(users.to(device)), step, len(items))
+
+    def _in_passes(
+        self, score_users: Callable[[torch.Tensor], torch.Tensor], step: int, n_items: int
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``users -> [U, n_items]`` float32 CPU logits; ``score_users`` gets ≤ ``step`` at once.
+
+        Passes are as even as possible (64 users, step 61: 32 + 32, not 61 + 3), so no
+        pass is a sliver that costs a whole pass's overhead; a signal stops between passes.
+        """
 
         @torch.no_grad()
         def score(users: torch.Tensor) -> torch.Tensor:
             self.model.eval()
+            if len(users) == 0:
+                return torch.zeros(0, n_items)
+            size = -(-len(users) // -(-len(users) // step))
             out = []
-            for start in range(0, len(users), step):
+            for start in range(0, len(users), size):
                 self.check_interrupt()
-                chunk = users[start : start + step].to(items.device)
-                out.append(self.model.score_grid(chunk, items, *graph).float().cpu())
-            return torch.cat(out) if out else torch.zeros(0, len(items))
+                out.append(score_users(users[start : start + size]).float().cpu())
+            return torch.cat(out)
 
         return score
 

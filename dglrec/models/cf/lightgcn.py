@@ -27,6 +27,8 @@ Shapes:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import dgl
 import dgl.function as fn
 import torch
@@ -75,9 +77,24 @@ class LightGCN(nn.Module):
 
     grid_width = 1  # floats per (user, item) of score_grid
 
+    def grid_scorer(
+        self, items: torch.Tensor, graph: dgl.DGLGraph
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``users -> [U, I]`` logits against ``items``, propagating once for every call.
+
+        The propagation does not depend on the users scored, so a full ranking runs it
+        once, not once per pass of users.
+        """
+        final = self.propagate(graph)
+        item_vectors = final[items + self.n_users]
+
+        def score(users: torch.Tensor) -> torch.Tensor:
+            return final[users] @ item_vectors.T
+
+        return score
+
     def score_grid(
         self, users: torch.Tensor, items: torch.Tensor, graph: dgl.DGLGraph
     ) -> torch.Tensor:
         """``[U, I]`` logits: one propagation, then one matrix product."""
-        final = self.propagate(graph)
-        return final[users] @ final[items + self.n_users].T
+        return self.grid_scorer(items, graph)(users)
