@@ -254,6 +254,26 @@ def test_grid_importance_masks_with_tied_relations(tiny_raw, isolated, monkeypat
     assert_grid_equals_pairs(trainer, monkeypatch)
 
 
+def test_relation_groups_are_built_once_per_block():
+    """The grid's (destination, relation) groups: hand-counted, cached per block, freed with it."""
+    from dglrec.models.kg import kgcn
+
+    # dst 0 <- (src 0, rel 1), (src 1, rel 1), (src 2, rel 0); dst 1 <- (src 3, rel 1)
+    block = dgl.create_block(
+        (torch.tensor([0, 1, 2, 3]), torch.tensor([0, 0, 0, 1])), num_src_nodes=4, num_dst_nodes=2
+    )
+    block.edata["rel"] = torch.tensor([1, 1, 0, 1])
+    src, group, count, relation, groups = kgcn._relation_groups(block, 2)
+    assert count.tolist() == [1, 2, 1] and relation.tolist() == [0, 1, 1]
+    assert group.tolist() == [1, 1, 0, 2] and groups.edges()[1].tolist() == [0, 0, 1]
+    again = kgcn._relation_groups(block, 2)
+    assert all(a is b for a, b in zip(again, (src, group, count, relation, groups), strict=True))
+    assert kgcn._relation_groups(block, 3)[2].tolist() == [1, 2, 1]  # other n_relations: rebuilt
+    n_cached = len(kgcn._GROUPS_OF_BLOCK)
+    del block
+    assert len(kgcn._GROUPS_OF_BLOCK) == n_cached - 1
+
+
 def test_grid_top_k_matches_per_group_top_k():
     """GridTopK against top_k_per_group on one block: every (user, destination), K = 1..4."""
     g = torch.Generator().manual_seed(0)

@@ -54,6 +54,7 @@ Shapes:
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 from typing import Literal
 
@@ -147,22 +148,45 @@ class UserRelationAttention(nn.Module):
         8 uniform neighbours per item: 6.3k (item, relation) groups for 30.8k edges);
         used where the sources are the same for every user, so the means cost one pass.
         """
-        src, dst = block.edges(order="eid")
-        n_rel = len(affinity)
-        keys, group = torch.unique(dst * n_rel + block.edata["rel"], return_inverse=True)
-        count = torch.bincount(group, minlength=len(keys))  # [G]
-        pooled = h_src.new_zeros(len(keys), *h_src.shape[1:])
+        src, group, count, relation, groups = _relation_groups(block, len(affinity))
+        pooled = h_src.new_zeros(len(relation), *h_src.shape[1:])
         pooled.index_add_(0, group, h_src[src]).div_(count.view(-1, 1, 1))  # [G, 1, d]
-        groups = dgl.create_block(  # group g -> its destination
-            (torch.arange(len(keys), device=keys.device), keys // n_rel),
-            num_src_nodes=len(keys),
-            num_dst_nodes=block.num_dst_nodes(),
-        )
-        logits = self.logit(affinity[keys % n_rel]) + count.to(affinity.dtype).log()[:, None]
-        groups.edata["a"] = edge_softmax(groups, logits.unsqueeze(-1))  # [G, U, 1]
-        groups.srcdata["h"] = pooled
-        groups.update_all(fn.u_mul_e("h", "a", "m"), fn.sum("m", "n"))
-        return groups.dstdata["n"]
+        logits = self.logit(affinity[relation]) + count.to(affinity.dtype).log()[:, None]
+        with groups.local_scope():
+            groups.edata["a"] = edge_softmax(groups, logits.unsqueeze(-1))  # [G, U, 1]
+            groups.srcdata["h"] = pooled
+            groups.update_all(fn.u_mul_e("h", "a", "m"), fn.sum("m", "n"))
+            return groups.dstdata["n"]
+
+
+# Per sampled block, its (destination, relation) groups (UserRelationAttention's grid):
+# they depend on the block alone, and a full ranking scores the same blocks once per pass
+# of users (at 100x Last.FM, one user per pass: the groups' sort dominated each pass).
+# Weak keys: an entry lives as long as its block.
+_GROUPS_OF_BLOCK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _relation_groups(block: dgl.DGLGraph, n_relations: int):
+    """``(src, group, count, relation, groups)`` of ``block``'s edges, cached per block.
+
+    ``src``/``group``: each edge's source and its (destination, relation) group;
+    ``count``/``relation``: each group's size and relation; ``groups``: a block from
+    each group to its destination.
+    """
+    cached = _GROUPS_OF_BLOCK.get(block)
+    if cached is not None and cached[0] == n_relations:
+        return cached[1:]
+    src, dst = block.edges(order="eid")
+    keys, group = torch.unique(dst * n_relations + block.edata["rel"], return_inverse=True)
+    count = torch.bincount(group, minlength=len(keys))  # [G]
+    groups = dgl.create_block(  # group g -> its destination
+        (torch.arange(len(keys), device=keys.device), keys // n_relations),
+        num_src_nodes=len(keys),
+        num_dst_nodes=block.num_dst_nodes(),
+    )
+    entry = (src, group, count, keys % n_relations, groups)
+    _GROUPS_OF_BLOCK[block] = (n_relations, *entry)
+    return entry
 
 
 class KGCNAggregator(nn.Module):
