@@ -54,8 +54,10 @@ class Capabilities:
             needs ``binds="training_data"``.
         scores_grid: scores many users against every item at once (the full
             ranking's fast path). Block models: ``score_grid(blocks, users,
-            edge_filter)`` gives ``[U, num_dst]`` logits against the destinations of
-            sampled (unconditioned) blocks, and ``dim`` is its state width. Id models:
+            edge_filter, cache)`` gives ``[U, num_dst]`` logits against the destinations
+            of sampled (unconditioned) blocks (``cache``: a dict kept over one ranking's
+            passes, for what does not depend on the users), and ``dim`` is its state
+            width. Id models:
             ``score_grid(users, items)`` (plus the interaction graph for
             ``ids_and_graph``) gives ``[U, I]`` logits, and ``grid_width`` is the
             floats it holds per (user, item); one whose item side does not depend on

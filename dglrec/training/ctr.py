@@ -212,9 +212,10 @@ class CTRTrainer(EpochTrainer):
         )
         step = max(1, GRID_FLOATS // per_user)
         seed_pos = seed_pos.to(device)
+        cache: dict = {}  # what the passes share: the weights do not change while ranking
 
         def score_users(users: torch.Tensor) -> torch.Tensor:
-            logits = self.model.score_grid(blocks, users.to(device), edge_filter)
+            logits = self.model.score_grid(blocks, users.to(device), edge_filter, cache)
             return logits[:, seed_pos]
 
         return self._in_passes(score_users, step, len(items))

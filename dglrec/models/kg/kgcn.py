@@ -111,6 +111,7 @@ class UserRelationAttention(nn.Module):
         h_src: torch.Tensor,
         affinity: torch.Tensor,
         keep: torch.Tensor | None = None,
+        cache: dict | None = None,
     ) -> torch.Tensor:
         """:meth:`forward` for ``U`` users at once on an unconditioned block.
 
@@ -118,12 +119,14 @@ class UserRelationAttention(nn.Module):
             h_src: ``[num_src, U, d]`` (or ``[num_src, 1, d]``, the same for every user).
             affinity: ``[n_relations, U]`` ``e_r · e_u`` of each relation for each user.
             keep: ``[E, U]`` bool, the edges each user keeps (all if ``None``).
+            cache: where ``h_src`` is the same for every user, its per-group means are
+                kept here for the next pass (see :meth:`KGCN.score_grid`).
 
         Returns:
             ``[num_dst, U, d]``.
         """
         if keep is None and h_src.shape[1] == 1:
-            return self._grid_by_relation(block, h_src, affinity)
+            return self._grid_by_relation(block, h_src, affinity, cache)
         logits = self.logit(affinity[block.edata["rel"]])  # [E, U]
         if keep is not None:
             logits = logits.masked_fill(~keep, -math.inf)
@@ -137,7 +140,11 @@ class UserRelationAttention(nn.Module):
             return block.dstdata["n"]
 
     def _grid_by_relation(
-        self, block: dgl.DGLGraph, h_src: torch.Tensor, affinity: torch.Tensor
+        self,
+        block: dgl.DGLGraph,
+        h_src: torch.Tensor,
+        affinity: torch.Tensor,
+        cache: dict | None = None,
     ) -> torch.Tensor:
         """:meth:`grid` where every edge is kept: one edge per (destination, relation).
 
@@ -149,8 +156,12 @@ class UserRelationAttention(nn.Module):
         used where the sources are the same for every user, so the means cost one pass.
         """
         src, group, count, relation, groups = _relation_groups(block, len(affinity))
-        pooled = h_src.new_zeros(len(relation), *h_src.shape[1:])
-        pooled.index_add_(0, group, h_src[src]).div_(count.view(-1, 1, 1))  # [G, 1, d]
+        pooled = None if cache is None else cache.get(("pooled", block))
+        if pooled is None:
+            pooled = h_src.new_zeros(len(relation), *h_src.shape[1:])
+            pooled.index_add_(0, group, h_src[src]).div_(count.view(-1, 1, 1))  # [G, 1, d]
+            if cache is not None:
+                cache[("pooled", block)] = pooled
         logits = self.logit(affinity[relation]) + count.to(affinity.dtype).log()[:, None]
         with groups.local_scope():
             groups.edata["a"] = edge_softmax(groups, logits.unsqueeze(-1))  # [G, U, 1]
@@ -279,6 +290,7 @@ class KGCN(nn.Module):
         blocks: list[dgl.DGLGraph],
         users: torch.Tensor,
         edge_filter: GridEdgeFilter | None = None,
+        cache: dict | None = None,
     ) -> torch.Tensor:
         """``[U, num_dst]`` logits of every user against every destination of ``blocks[-1]``.
 
@@ -287,6 +299,10 @@ class KGCN(nn.Module):
         entities, ``edata["rel"]``); ``edge_filter(block, users)`` gives the ``[E, U]``
         edges each user keeps. Equal to :meth:`forward` on the same sampled blocks
         conditioned on every (user, item) pair (``tests/test_fast_paths.py``).
+
+        ``cache``: a dict the caller keeps for one ranking (same blocks, same weights),
+        where what does not depend on the users (the first layer's source vectors and
+        their per-(destination, relation) means) is computed on the first pass only.
         """
         if len(blocks) != len(self.aggregators):
             raise ValueError(
@@ -295,10 +311,17 @@ class KGCN(nn.Module):
             )
         user = self.user_vectors(users)  # [U, d]
         affinity = self.relation_emb.weight @ user.T  # [n_relations, U]: e_r · e_u
-        h = self.entity_vectors(blocks[0].srcdata[dgl.NID]).unsqueeze(1)  # [N, 1, d]: any user
-        for block, aggregator in zip(blocks, self.aggregators, strict=True):
+        h = None if cache is None else cache.get("sources")
+        if h is None:
+            h = self.entity_vectors(blocks[0].srcdata[dgl.NID]).unsqueeze(1)  # [N, 1, d]
+            if cache is not None:
+                cache["sources"] = h
+        for layer, (block, aggregator) in enumerate(zip(blocks, self.aggregators, strict=True)):
             keep = edge_filter(block, users) if edge_filter is not None else None
-            neighborhood = self.attention.grid(block, h, affinity, keep)
+            # Only the first layer's sources are the same for every user (with one user
+            # per pass a deeper layer's are [N, 1, d] too, but that user's own).
+            shared = cache if layer == 0 else None
+            neighborhood = self.attention.grid(block, h, affinity, keep, shared)
             h = aggregator(h[: block.num_dst_nodes()].expand_as(neighborhood), neighborhood)
         return (h * user).sum(-1).T  # [N, U, d] -> [U, N]
 

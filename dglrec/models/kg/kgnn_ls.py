@@ -139,9 +139,9 @@ class KGNNLS(KGCN):
         predicted = predicted[known].clamp(1e-6, 1 - 1e-6)
         return F.binary_cross_entropy(predicted, truth[known])
 
-    def score_grid(self, blocks, users, edge_filter=None) -> torch.Tensor:
+    def score_grid(self, blocks, users, edge_filter=None, cache=None) -> torch.Tensor:
         """KGCN's grid over the top ``H`` of the sampled blocks (the score's field)."""
-        return super().score_grid(blocks[-self.n_layers :], users, edge_filter)
+        return super().score_grid(blocks[-self.n_layers :], users, edge_filter, cache)
 
     def forward(self, blocks: list[dgl.DGLGraph], pair_index: torch.Tensor) -> ScoreOutput:
         output = super().forward(blocks[-self.n_layers :], pair_index)
