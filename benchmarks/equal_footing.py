@@ -30,6 +30,8 @@ KG_MODELS = ("kgcn", "kaisg", "mgwa", "kgnn_ls", "ripplenet", "mkr")
 PAPER_RECIPE = {"mkr": "mkr_table4"}
 # Models with more than the KG (MKGCN: item texts and friendships), at their papers' settings.
 MULTIMODAL = ("mkgcn",)
+# Below this best eval AUC a fit is reported as one that did not learn.
+STUCK_AUC = 0.6
 METRICS = (
     "test_auc",
     "test_recall_at_20",
@@ -144,6 +146,25 @@ def write_report(
         lines += [
             f"Cold slice per seed: {min(pairs):.0f}–{max(pairs):.0f} test pairs (AUC), "
             f"{min(users):.0f}–{max(users):.0f} users with a cold relevant item (Recall@20).",
+            "",
+        ]
+    # A seed whose model never left chance is part of the row (it ran under the same
+    # protocol), but a reader should see which seeds pull a mean down and why.
+    stuck = sorted(
+        (r.group, r.seed) for r in records if r.metrics.get("best_eval_auc", 1.0) < STUCK_AUC
+    )
+    if stuck:
+        by_group: dict[str, list[int]] = {}
+        for group, seed in stuck:
+            by_group.setdefault(group, []).append(seed)
+        lines += [
+            f"Did not learn (best eval AUC below {STUCK_AUC}; early stopping ended them): "
+            + "; ".join(
+                f"`{g}` seed{'s' if len(v) > 1 else ''} {', '.join(map(str, v))}"
+                for g, v in by_group.items()
+            )
+            + ". They are in the means: the setting was chosen on seed 1, as every "
+            "row's was.",
             "",
         ]
     if plot is not None:
