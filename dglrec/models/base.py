@@ -60,9 +60,10 @@ class Capabilities:
             width. Id models:
             ``score_grid(users, items)`` (plus the interaction graph for
             ``ids_and_graph``) gives ``[U, I]`` logits, and ``grid_width`` is the
-            floats it holds per (user, item); one whose item side does not depend on
-            the user may also define ``grid_scorer(items[, graph])`` returning
-            ``users -> [U, I]`` logits, prepared once per ranking (LightGCN).
+            floats it holds per (user, item).
+        prepares_grid: an id model whose item side does not depend on the user
+            (LightGCN's propagation): ``grid_scorer(items[, graph])`` returns
+            ``users -> [U, I]`` logits, prepared once per ranking.
     """
 
     task: Task = "ctr"
@@ -74,6 +75,7 @@ class Capabilities:
     explains: bool = False
     modalities: bool = False
     scores_grid: bool = False
+    prepares_grid: bool = False
 
     def check(self, cls: type) -> None:
         """Raise ``TypeError`` naming ``cls`` if it lacks what it declares."""
@@ -104,6 +106,7 @@ class Capabilities:
             "explain": self.explains,
             "score_grid": self.scores_grid,
             "grid_width": self.scores_grid and self.inputs != "blocks",
+            "grid_scorer": self.prepares_grid,
         }
         missing = [name for name, needed in required.items() if needed and not hasattr(cls, name)]
         if missing:

@@ -223,14 +223,14 @@ class CTRTrainer(EpochTrainer):
     def _id_grid_scorer(self, items: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """:meth:`grid_scorer` of a model that reads ids.
 
-        A model whose item side does not depend on the user (LightGCN's propagation)
-        prepares it once per ranking with ``model.grid_scorer(items[, graph])``; otherwise
-        each pass calls ``model.score_grid(users, items[, graph])``.
+        A model that declares ``prepares_grid`` (its item side does not depend on the
+        user: LightGCN's propagation) prepares it once per ranking with
+        ``model.grid_scorer(items[, graph])``; otherwise each pass calls
+        ``model.score_grid(users, items[, graph])``.
         """
         graph = (self.graph,) if self.inputs == "ids_and_graph" else ()
-        prepare = getattr(self.model, "grid_scorer", None)
-        if prepare is not None:
-            score_users = prepare(items, *graph)
+        if self.model.capabilities.prepares_grid:
+            score_users = self.model.grid_scorer(items, *graph)
         else:
 
             def score_users(users: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,9 @@ from dglrec.models.base import ScoreOutput, half_sq
 from dglrec.models.registry import register_model
 
 
-@register_model("lightgcn", inputs="ids_and_graph", objective="bpr", scores_grid=True)
+@register_model(
+    "lightgcn", inputs="ids_and_graph", objective="bpr", scores_grid=True, prepares_grid=True
+)
 class LightGCN(nn.Module):
     def __init__(self, n_users: int, n_items: int, dim: int = 64, n_layers: int = 3):
         super().__init__()
