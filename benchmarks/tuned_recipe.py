@@ -70,6 +70,7 @@ def main() -> None:
 
     from mlflow import MlflowClient
 
+    from dglrec.config import SWEEP_OPTIONS
     from dglrec.runs import tracking
 
     tracking.configure()
@@ -91,7 +92,7 @@ def main() -> None:
     overrides = dict(o.split("=", 1) for o in tags["best_overrides"].split())
     recipe = tomllib.loads(search.read_text())
     sweep = recipe["sweep"]
-    space = {k: v for k, v in sweep.items() if k not in ("method", "n_trials")}
+    space = {k: v for k, v in sweep.items() if k not in SWEEP_OPTIONS}
     train = recipe["train"]
     header = [
         f"{args.model} tuned on equal footing with BPR-MF and LightGCN (does the KG help?).",

@@ -254,8 +254,8 @@ def test_grid_importance_masks_with_tied_relations(tiny_raw, isolated, monkeypat
     assert_grid_equals_pairs(trainer, monkeypatch)
 
 
-def test_relation_groups_are_built_once_per_block():
-    """The grid's (destination, relation) groups: hand-counted, cached per block, freed with it."""
+def test_relation_groups_are_built_once_per_ranking(monkeypatch):
+    """The grid's (destination, relation) groups: hand-counted, built once per ranking cache."""
     from dglrec.models.kg import kgcn
 
     # dst 0 <- (src 0, rel 1), (src 1, rel 1), (src 2, rel 0); dst 1 <- (src 3, rel 1)
@@ -266,12 +266,16 @@ def test_relation_groups_are_built_once_per_block():
     src, group, count, relation, groups = kgcn._relation_groups(block, 2)
     assert count.tolist() == [1, 2, 1] and relation.tolist() == [0, 1, 1]
     assert group.tolist() == [1, 1, 0, 2] and groups.edges()[1].tolist() == [0, 0, 1]
-    again = kgcn._relation_groups(block, 2)
-    assert all(a is b for a, b in zip(again, (src, group, count, relation, groups), strict=True))
-    assert kgcn._relation_groups(block, 3)[2].tolist() == [1, 2, 1]  # other n_relations: rebuilt
-    n_cached = len(kgcn._GROUPS_OF_BLOCK)
-    del block
-    assert len(kgcn._GROUPS_OF_BLOCK) == n_cached - 1
+    built = []
+    build = kgcn._relation_groups
+    monkeypatch.setattr(kgcn, "_relation_groups", lambda *a: built.append(1) or build(*a))
+    attention, affinity = kgcn.UserRelationAttention(), torch.randn(2, 3)
+    h_src, cache = torch.randn(4, 1, 5), {}
+    first = attention.grid(block, h_src, affinity, cache=cache)
+    again = attention.grid(block, h_src, affinity, cache=cache)
+    assert len(built) == 1 and torch.equal(first, again)
+    attention.grid(block, h_src, affinity)  # no cache: built for the call
+    assert len(built) == 2
 
 
 def test_grid_top_k_matches_per_group_top_k():

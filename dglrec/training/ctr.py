@@ -254,7 +254,8 @@ class CTRTrainer(EpochTrainer):
             self.model.eval()
             if len(users) == 0:
                 return torch.zeros(0, n_items)
-            size = -(-len(users) // -(-len(users) // step))
+            n_passes = -(-len(users) // step)
+            size = -(-len(users) // n_passes)
             out = []
             for start in range(0, len(users), size):
                 self.check_interrupt()

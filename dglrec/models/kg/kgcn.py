@@ -54,7 +54,6 @@ Shapes:
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Callable
 from typing import Literal
 
@@ -119,8 +118,9 @@ class UserRelationAttention(nn.Module):
             h_src: ``[num_src, U, d]`` (or ``[num_src, 1, d]``, the same for every user).
             affinity: ``[n_relations, U]`` ``e_r · e_u`` of each relation for each user.
             keep: ``[E, U]`` bool, the edges each user keeps (all if ``None``).
-            cache: where ``h_src`` is the same for every user, its per-group means are
-                kept here for the next pass (see :meth:`KGCN.score_grid`).
+            cache: a ranking's cache (see :meth:`KGCN.score_grid`): the block's
+                (destination, relation) groups, and where ``h_src`` is the ranking's
+                shared first-layer sources (``cache["sources"]``), their per-group means.
 
         Returns:
             ``[num_dst, U, d]``.
@@ -155,12 +155,18 @@ class UserRelationAttention(nn.Module):
         8 uniform neighbours per item: 6.3k (item, relation) groups for 30.8k edges);
         used where the sources are the same for every user, so the means cost one pass.
         """
-        src, group, count, relation, groups = _relation_groups(block, len(affinity))
-        pooled = None if cache is None else cache.get(("pooled", block))
+        cache = {} if cache is None else cache
+        if ("groups", block) not in cache:
+            cache[("groups", block)] = _relation_groups(block, len(affinity))
+        src, group, count, relation, groups = cache[("groups", block)]
+        # The means depend on the sources: shared only where they are the ranking's
+        # first-layer vectors (a deeper layer's [N, 1, d], one user per pass, is that user's).
+        shared = h_src is cache.get("sources")
+        pooled = cache.get(("pooled", block)) if shared else None
         if pooled is None:
             pooled = h_src.new_zeros(len(relation), *h_src.shape[1:])
             pooled.index_add_(0, group, h_src[src]).div_(count.view(-1, 1, 1))  # [G, 1, d]
-            if cache is not None:
+            if shared:
                 cache[("pooled", block)] = pooled
         logits = self.logit(affinity[relation]) + count.to(affinity.dtype).log()[:, None]
         with groups.local_scope():
@@ -170,23 +176,14 @@ class UserRelationAttention(nn.Module):
             return groups.dstdata["n"]
 
 
-# Per sampled block, its (destination, relation) groups (UserRelationAttention's grid):
-# they depend on the block alone, and a full ranking scores the same blocks once per pass
-# of users (at 100x Last.FM, one user per pass: the groups' sort dominated each pass).
-# Weak keys: an entry lives as long as its block.
-_GROUPS_OF_BLOCK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def _relation_groups(block: dgl.DGLGraph, n_relations: int):
-    """``(src, group, count, relation, groups)`` of ``block``'s edges, cached per block.
+    """``(src, group, count, relation, groups)`` of ``block``'s edges.
 
     ``src``/``group``: each edge's source and its (destination, relation) group;
     ``count``/``relation``: each group's size and relation; ``groups``: a block from
-    each group to its destination.
+    each group to its destination. They depend on the block alone, so a ranking
+    builds them once (its cache), not once per pass of users.
     """
-    cached = _GROUPS_OF_BLOCK.get(block)
-    if cached is not None and cached[0] == n_relations:
-        return cached[1:]
     src, dst = block.edges(order="eid")
     keys, group = torch.unique(dst * n_relations + block.edata["rel"], return_inverse=True)
     count = torch.bincount(group, minlength=len(keys))  # [G]
@@ -195,9 +192,7 @@ def _relation_groups(block: dgl.DGLGraph, n_relations: int):
         num_src_nodes=len(keys),
         num_dst_nodes=block.num_dst_nodes(),
     )
-    entry = (src, group, count, keys % n_relations, groups)
-    _GROUPS_OF_BLOCK[block] = (n_relations, *entry)
-    return entry
+    return src, group, count, keys % n_relations, groups
 
 
 class KGCNAggregator(nn.Module):
@@ -301,8 +296,9 @@ class KGCN(nn.Module):
         conditioned on every (user, item) pair (``tests/test_fast_paths.py``).
 
         ``cache``: a dict the caller keeps for one ranking (same blocks, same weights),
-        where what does not depend on the users (the first layer's source vectors and
-        their per-(destination, relation) means) is computed on the first pass only.
+        where what does not depend on the users (each block's (destination, relation)
+        groups, the first layer's source vectors and their per-group means) is
+        computed on the first pass only.
         """
         if len(blocks) != len(self.aggregators):
             raise ValueError(
@@ -316,12 +312,9 @@ class KGCN(nn.Module):
             h = self.entity_vectors(blocks[0].srcdata[dgl.NID]).unsqueeze(1)  # [N, 1, d]
             if cache is not None:
                 cache["sources"] = h
-        for layer, (block, aggregator) in enumerate(zip(blocks, self.aggregators, strict=True)):
+        for block, aggregator in zip(blocks, self.aggregators, strict=True):
             keep = edge_filter(block, users) if edge_filter is not None else None
-            # Only the first layer's sources are the same for every user (with one user
-            # per pass a deeper layer's are [N, 1, d] too, but that user's own).
-            shared = cache if layer == 0 else None
-            neighborhood = self.attention.grid(block, h, affinity, keep, shared)
+            neighborhood = self.attention.grid(block, h, affinity, keep, cache)
             h = aggregator(h[: block.num_dst_nodes()].expand_as(neighborhood), neighborhood)
         return (h * user).sum(-1).T  # [N, U, d] -> [U, N]
 
