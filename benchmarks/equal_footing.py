@@ -9,8 +9,12 @@ LightGCN with two-sided paired t-tests.
 
 The ``*_tuned`` recipes come from ``dglrec sweep recipes/<model>_search.toml`` (seed
 1, chosen on eval AUC; see each tuned recipe's header). Every fit is an ordinary
-tracked run in the MLflow experiment ``equal-footing`` (tag ``equal_footing``); a
-rerun skips fits that already finished, so an interrupted table resumes.
+tracked run in the MLflow experiment ``equal-footing`` (tag ``equal_footing``), and its
+per-seed results are kept in ``docs/results/equal_footing/runs.csv``, committed with the
+page: the page is rebuilt from that file with or without the MLflow store (``mlruns/`` is
+not in git, and a new machine starts without it). A rerun skips every (recipe, seed)
+already finished, in MLflow or in that file with the same recipe text, so an interrupted
+table resumes and a new machine refits only what changed.
 
     DGLREC_RAW_DIR=../shared/data python benchmarks/equal_footing.py --workers 2
     # options: --seeds 1,2,3 --recipes kgcn,kgcn_tuned,bprmf --out FILE --report-only
@@ -20,8 +24,19 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import csv
+import hashlib
+import io
+import math
+import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from data_prep.cache import write_atomic
+
+if TYPE_CHECKING:
+    from dglrec.analysis.compare import RunRecord
 
 EXPERIMENT = "equal-footing"
 BASELINES = ("pop", "bprmf", "lightgcn")
@@ -39,6 +54,81 @@ METRICS = (
     "test_cold_auc",
     "test_cold_recall_at_20",
 )
+
+
+# Per-seed results of every fit in the experiment, committed: a page is rebuilt from it.
+STORE = Path("docs/results/equal_footing/runs.csv")
+STORE_TAGS = ("recipe_sha256", "git_commit", "protocol_departures")
+STORE_METRICS = (*METRICS, "test_cold_pairs", "test_cold_ranking_users", "best_eval_auc")
+
+
+def recipe_sha256(recipe: str) -> str:
+    return hashlib.sha256(Path(f"recipes/{recipe}.toml").read_bytes()).hexdigest()
+
+
+def load_store(path: Path = STORE) -> list[RunRecord]:
+    """The stored fits: one record per (recipe, seed), as :func:`compare.select_runs` gives."""
+    from dglrec.analysis.compare import RunRecord
+
+    if not path.is_file():
+        return []
+    records = []
+    with path.open(newline="") as handle:
+        for line, row in enumerate(csv.DictReader(handle), start=2):
+            try:
+                metrics = {m: float(row[m]) for m in STORE_METRICS if row.get(m)}
+                seed = int(row["seed"])
+            except (KeyError, ValueError) as exc:
+                sys.exit(f"{path}, line {line}: not a stored fit ({exc})")
+            records.append(
+                RunRecord(
+                    run_id=row["run_id"],
+                    name=row["run_id"],
+                    group=row["recipe"],
+                    seed=seed,
+                    metrics=metrics,
+                    tags={t: row[t] for t in STORE_TAGS if row.get(t)},
+                )
+            )
+    return records
+
+
+def save_store(records: list[RunRecord], path: Path = STORE) -> None:
+    """Write the records, sorted by (recipe, seed), atomically; metrics at full precision."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["recipe", "seed", "run_id", *STORE_TAGS, *STORE_METRICS])
+    for r in sorted(records, key=lambda r: (r.group, r.seed)):
+        metrics = [r.metrics.get(m) for m in STORE_METRICS]
+        writer.writerow(
+            [r.group, r.seed, r.run_id, *(r.tags.get(t, "") for t in STORE_TAGS)]
+            + ["" if v is None or math.isnan(v) else repr(v) for v in metrics]
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, lambda partial: partial.write_text(out.getvalue()))
+
+
+def merge_records(stored: list[RunRecord], tracked: list[RunRecord]) -> list[RunRecord]:
+    """One record per (recipe, seed): the tracked run where both have one.
+
+    ``tracked`` comes newest first (MLflow's order), so a refit replaces an older fit.
+    """
+    merged = {(r.group, r.seed): r for r in stored}
+    for r in reversed(tracked):
+        merged[(r.group, r.seed)] = r
+    return list(merged.values())
+
+
+def tracked_records() -> list[RunRecord]:
+    """The experiment's finished fits in the MLflow store (none where there is no store)."""
+    from dglrec.analysis import compare
+    from dglrec.errors import RunError
+
+    try:
+        return compare.select_runs(experiments=[EXPERIMENT], tags={"equal_footing": "1"})
+    except RunError as exc:  # no experiment in this store yet: the committed file is the record
+        print(f"{exc}; the page uses {STORE} alone")
+        return []
 
 
 def default_recipes() -> list[str]:
@@ -67,13 +157,23 @@ def fit_one(recipe: str, seed: int) -> tuple[str, int, float, float]:
         seed=seed,
     )
     began = time.perf_counter()
-    _, result = pipeline.fit(cfg, log=lambda _: None, extra_tags={"equal_footing": "1"})
+    tags = {"equal_footing": "1", "recipe_sha256": recipe_sha256(recipe)}
+    _, result = pipeline.fit(cfg, log=lambda _: None, extra_tags=tags)
     return recipe, seed, result.test["auc"], time.perf_counter() - began
 
 
-def run_fits(recipes: list[str], seeds: list[int], workers: int) -> float:
-    """Fit every (recipe, seed) not finished yet, ``workers`` at a time; the wall seconds."""
-    jobs = [(r, s) for r in recipes for s in seeds]
+def run_fits(recipes: list[str], seeds: list[int], workers: int, stored: list[RunRecord]) -> float:
+    """Fit every (recipe, seed) not finished yet, ``workers`` at a time; the wall seconds.
+
+    Finished: a tracked run (checked in :func:`fit_one`) or a stored fit of the same
+    recipe text.
+    """
+    current = {r: recipe_sha256(r) for r in recipes}
+    kept = {(r.group, r.seed) for r in stored if r.tags.get("recipe_sha256") == current[r.group]}
+    wanted = [(r, s) for r in recipes for s in seeds]
+    jobs = [job for job in wanted if job not in kept]
+    if len(jobs) < len(wanted):
+        print(f"kept from {STORE}: {len(wanted) - len(jobs)} fits of unchanged recipes")
     began = time.perf_counter()
     with concurrent.futures.ProcessPoolExecutor(workers) as pool:
         futures = [pool.submit(fit_one, *job) for job in jobs]
@@ -102,6 +202,7 @@ INTRO = (
 
 
 def write_report(
+    records: list[RunRecord],
     recipes: list[str],
     seeds: list[int],
     path: Path,
@@ -116,11 +217,7 @@ def write_report(
     """The page: a summary table, then one paired table per group in ``against``."""
     from dglrec.analysis import compare
 
-    records = [
-        r
-        for r in compare.select_runs(experiments=[EXPERIMENT], tags={"equal_footing": "1"})
-        if r.group in recipes and r.seed in seeds
-    ]
+    records = [r for r in records if r.group in recipes and r.seed in seeds]
     metrics = [m for m in METRICS if any(m in r.metrics for r in records)]
     lines = [
         f"# {title}",
@@ -133,6 +230,10 @@ def write_report(
     ]
     if missing:
         lines += [f"Not measured yet (no recipe): {', '.join(f'`{r}`' for r in missing)}.", ""]
+    unfitted = [r for r in recipes if r not in {rec.group for rec in records}]
+    if unfitted:
+        names = ", ".join(f"`{r}`" for r in unfitted)
+        lines += [f"Not fitted yet (no finished fit on record): {names}.", ""]
     summary = compare.build_comparison(records, metrics)
     lines += ["## Test metrics", "", *compare.markdown_table(*compare.table_rows(summary)), ""]
     lines += ["mean ± sample std over seeds.", ""]
@@ -203,11 +304,14 @@ def run(
     if missing:
         print(f"skipped, no recipe yet: {', '.join(missing)}")
     recipes = [r for r in recipes if r not in missing]
-    wall = None if args.report_only else run_fits(recipes, seeds, args.workers)
+    stored = load_store()
+    wall = None if args.report_only else run_fits(recipes, seeds, args.workers, stored)
+    records = merge_records(stored, tracked_records())
+    save_store(records)
     path = Path(args.out)
     plot = path.parent / "images" / plot_name if plot_name else None
-    write_report(recipes, seeds, path, wall, missing, plot=plot, **page)
-    print(f"wrote {path}")
+    write_report(records, recipes, seeds, path, wall, missing, plot=plot, **page)
+    print(f"wrote {path} and {STORE}")
 
 
 def main() -> None:
