@@ -8,9 +8,11 @@ verdict per figure: reproduced within noise (|published − mean| ≤ max(2 std,
 and ≤ 0.02), or not. Popularity's row under each protocol is the yardstick.
 
 Every fit is an ordinary tracked run (MLflow experiment ``reproduction``, tag
-``reproduction = <protocol>``); a rerun skips fits that already finished, so an
-interrupted reproduction resumes. Full ranking is off (the published figures are
-CTR AUCs).
+``reproduction = <protocol>``), and its test AUC and wall time are kept in
+``docs/results/reproduction/runs.csv``, committed with the page: the page is rebuilt
+from that file with or without the MLflow store. A rerun skips fits that already
+finished (in MLflow, or in that file with the same recipe text), so an interrupted
+reproduction resumes. Full ranking is off (the published figures are CTR AUCs).
 
     DGLREC_RAW_DIR=../shared/data python benchmarks/reproduce_protocols.py --workers 2
     python benchmarks/reproduce_protocols.py --report-only   # the page from finished fits
@@ -21,11 +23,20 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import csv
+import hashlib
+import io
 import statistics
+import sys
 import time
 from pathlib import Path
 
+from data_prep.cache import write_atomic
+
 EXPERIMENT = "reproduction"
+# Every fit's test AUC and wall seconds, committed: the page is rebuilt from it.
+STORE = Path("docs/results/reproduction/runs.csv")
+STORE_FIELDS = ("protocol", "model", "seed", "run_id", "recipe_sha256", "test_auc", "seconds")
 MODELS = ("pop", "bprmf", "lightgcn", "kgcn", "kaisg", "mgwa")
 
 # name -> (description, overrides). Switches a model does not take are left out for it.
@@ -107,9 +118,42 @@ def applicable(model: str, overrides: list[str]) -> list[str]:
     return kept
 
 
+def recipe_sha256(model: str) -> str:
+    return hashlib.sha256(Path(f"recipes/{model}.toml").read_bytes()).hexdigest()
+
+
+def load_store(path: Path = STORE) -> dict[tuple[str, str, int], dict]:
+    """The stored fits by (model, protocol, seed): run id, recipe SHA-256, test AUC, seconds."""
+    if not path.is_file():
+        return {}
+    stored = {}
+    with path.open(newline="") as handle:
+        for line, row in enumerate(csv.DictReader(handle), start=2):
+            try:
+                key = (row["model"], row["protocol"], int(row["seed"]))
+                row["test_auc"], row["seconds"] = float(row["test_auc"]), float(row["seconds"])
+            except (KeyError, TypeError, ValueError) as exc:
+                sys.exit(f"{path}, line {line}: not a stored fit ({exc})")
+            stored[key] = row
+    return stored
+
+
+def save_store(stored: dict[tuple[str, str, int], dict], path: Path = STORE) -> None:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, STORE_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for key in sorted(stored, key=lambda k: (k[1], k[0], k[2])):
+        row = stored[key]
+        writer.writerow(
+            {**row, "test_auc": repr(row["test_auc"]), "seconds": f"{row['seconds']:.1f}"}
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, lambda partial: partial.write_text(out.getvalue()))
+
+
 def fit_one(
     model: str, protocol: str, seed: int, report_only: bool = False
-) -> tuple[str, str, int, float | None, float]:
+) -> tuple[str, str, int, float | None, float, str]:
     """Fit one cell (or find its finished run); the test AUC and the fit's seconds."""
     import torch
 
@@ -129,9 +173,10 @@ def fit_one(
             seed,
             done[0].data.metrics["test_auc"],
             (run.end_time - run.start_time) / 1000,
+            run.run_id,
         )
     if report_only:
-        return model, protocol, seed, None, 0.0
+        return model, protocol, seed, None, 0.0, ""
     overrides = applicable(model, PROTOCOLS[protocol][1])
     cfg = load_recipe(
         f"recipes/{model}.toml",
@@ -144,8 +189,8 @@ def fit_one(
         seed=seed,
     )
     began = time.perf_counter()
-    _, result = pipeline.fit(cfg, log=lambda _: None, extra_tags={"reproduction": protocol})
-    return model, protocol, seed, result.test["auc"], time.perf_counter() - began
+    run_id, result = pipeline.fit(cfg, log=lambda _: None, extra_tags={"reproduction": protocol})
+    return model, protocol, seed, result.test["auc"], time.perf_counter() - began, run_id
 
 
 def verdict(published: float, values: list[float]) -> str:
@@ -230,24 +275,41 @@ def main() -> None:
         if p == "clean" or applicable(m, PROTOCOLS[p][1])
         for s in seeds
     ]
-    results: dict[tuple[str, str], list[float]] = {}
-    fit_seconds = 0.0
+    stored = load_store()
+    current = {m: recipe_sha256(m) for m in models}
+    to_fit = [job for job in jobs if stored.get(job, {}).get("recipe_sha256") != current[job[0]]]
+    if len(to_fit) < len(jobs):
+        print(f"kept from {STORE}: {len(jobs) - len(to_fit)} fits of unchanged recipes")
     with concurrent.futures.ProcessPoolExecutor(args.workers) as pool:
-        futures = [pool.submit(fit_one, *job, args.report_only) for job in jobs]
+        futures = [pool.submit(fit_one, *job, args.report_only) for job in to_fit]
         for n, future in enumerate(concurrent.futures.as_completed(futures), 1):
-            model, protocol, seed, auc, seconds = future.result()
+            model, protocol, seed, auc, seconds, run_id = future.result()
             if auc is None:
-                print(f"[{n}/{len(jobs)}] {protocol:20s} {model:6s} seed {seed}: not fitted yet")
+                print(f"[{n}/{len(to_fit)}] {protocol:20s} {model:6s} seed {seed}: not fitted yet")
                 continue
-            results.setdefault((protocol, model), []).append(auc)
-            fit_seconds += seconds
+            stored[(model, protocol, seed)] = {
+                "protocol": protocol,
+                "model": model,
+                "seed": seed,
+                "run_id": run_id,
+                "recipe_sha256": current[model],
+                "test_auc": auc,
+                "seconds": seconds,
+            }
             print(
-                f"[{n}/{len(jobs)}] {protocol:20s} {model:6s} seed {seed}: "
+                f"[{n}/{len(to_fit)}] {protocol:20s} {model:6s} seed {seed}: "
                 f"test AUC {auc:.4f} ({seconds:.0f}s)",
                 flush=True,
             )
+    save_store(stored)
+    results: dict[tuple[str, str], list[float]] = {}
+    fit_seconds = 0.0
+    for job in jobs:  # a fit of an older recipe text is not this recipe's result
+        if stored.get(job, {}).get("recipe_sha256") == current[job[0]]:
+            results.setdefault((job[1], job[0]), []).append(stored[job]["test_auc"])
+            fit_seconds += stored[job]["seconds"]
     write_report(results, seeds, models, protocols, Path(args.out), fit_seconds)
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} and {STORE}")
 
 
 if __name__ == "__main__":
