@@ -134,3 +134,56 @@ def test_make_pair_batch_maps_items_through_entities():
     assert torch.equal(top.dstdata["node"][batch.pair_index], item_entity[pairs[:, 1]])
     assert torch.equal(top.dstdata["user"][batch.pair_index], pairs[:, 0])
     assert batch.labels.dtype == torch.float32
+
+
+def random_kg(n_nodes: int, n_edges: int, seed: int) -> dgl.DGLGraph:
+    """Long-tailed in-degrees (some nodes isolated, some below K) with 5 relations."""
+    generator = torch.Generator().manual_seed(seed)
+    dst = (torch.rand(n_edges, generator=generator) ** 3 * n_nodes).long()
+    src = torch.randint(0, n_nodes, (n_edges,), generator=generator)
+    g = dgl.graph((src, dst), num_nodes=n_nodes)
+    g.edata["rel"] = torch.randint(0, 5, (n_edges,), generator=generator)
+    return g
+
+
+@pytest.mark.parametrize("n_layers", [1, 2])
+@pytest.mark.parametrize("dedup", [True, False])
+@pytest.mark.parametrize("filtered", [False, True])
+def test_sampled_layers_condition_exactly_like_dgl_blocks(n_layers, dedup, filtered):
+    """The training path's CSC layers: same draws, numbering and edges as the DGL blocks."""
+    g = random_kg(60, 400, seed=n_layers)
+    sampler = FixedSizeNeighborSampler(n_neighbors=3, n_layers=n_layers)
+    seeds = torch.tensor([5, 0, 59, 17, 33, 2])  # 59: no in-edges; 0: the most
+    users = torch.tensor([0, 1, 1, 2, 0, 3, 1, 2])
+    seed_pos = torch.tensor([0, 1, 1, 2, 3, 4, 5, 0])
+
+    def keep_even_relations(user, rel, dst_state, src_entity):
+        return (rel + user) % 2 == 0
+
+    edge_filter = keep_even_relations if filtered else None
+    torch.manual_seed(11)
+    _, _, blocks = sampler.sample_blocks(g, seeds)
+    torch.manual_seed(11)
+    layers = sampler.sample_layers(g, seeds)
+    for block, layer in zip(blocks, layers, strict=True):
+        assert torch.equal(layer.src_nodes, block.srcdata[dgl.NID])
+        indptr, indices, eids = block.adj_tensors("csc")
+        assert torch.equal(layer.indptr, indptr) and torch.equal(layer.indices, indices)
+        assert torch.equal(layer.rel, block.edata["rel"][eids])
+    expected, expected_index = condition_on_users(blocks, users, seed_pos, edge_filter, dedup)
+    got, got_index = condition_on_users(layers, users, seed_pos, edge_filter, dedup)
+    assert torch.equal(got_index, expected_index)
+    for want, have in zip(expected, got, strict=True):
+        assert [t.tolist() for t in want.adj_tensors("csc")] == [
+            t.tolist() for t in have.adj_tensors("csc")
+        ]
+        for key in ("node", "user"):
+            assert torch.equal(want.srcdata[key], have.srcdata[key])
+        assert torch.equal(want.edata["rel"], have.edata["rel"])
+    # The random stream is left where the DGL path leaves it.
+    torch.manual_seed(11)
+    sampler.sample_blocks(g, seeds)
+    after_blocks = torch.rand(1)
+    torch.manual_seed(11)
+    sampler.sample_layers(g, seeds)
+    assert torch.equal(torch.rand(1), after_blocks)

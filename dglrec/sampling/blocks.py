@@ -88,6 +88,44 @@ from dglrec.errors import ConfigError
 EdgeFilter = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+class SampledLayer(NamedTuple):
+    """What :func:`condition_on_users` reads of a sampled block: its CSC arrays.
+
+    ``indices`` and ``rel`` are in CSC order (by destination); ``src_nodes`` are the
+    global ids of the block's source nodes, its ``n_dst`` destinations first.
+    """
+
+    indptr: torch.Tensor  # [n_dst + 1]
+    indices: torch.Tensor  # [E] source node (block-local) of each edge
+    rel: torch.Tensor  # [E] relation of each edge
+    src_nodes: torch.Tensor  # [n_src] global entity id of each source node
+    n_dst: int
+
+
+def layer_of_block(block: dgl.DGLGraph | SampledLayer) -> SampledLayer:
+    """A DGL block's :class:`SampledLayer` (a layer is returned as it is)."""
+    if isinstance(block, SampledLayer):
+        return block
+    indptr, indices, eids = block.adj_tensors("csc")
+    return SampledLayer(
+        indptr, indices, block.edata["rel"][eids], block.srcdata[dgl.NID], block.num_dst_nodes()
+    )
+
+
+def _first_appearance(dst_nodes: torch.Tensor, src: torch.Tensor):
+    """``dgl.to_block``'s numbering: ``dst_nodes`` (unique) first, then each new id of
+    ``src`` in order of first appearance. Returns ``(numbered ids, local id of each src)``."""
+    both = torch.cat([dst_nodes, src])
+    unique, inverse = torch.unique(both, return_inverse=True)
+    first = torch.full((len(unique),), len(both), dtype=torch.long)
+    first.scatter_reduce_(0, inverse, torch.arange(len(both)), "amin")
+    order = torch.argsort(first)
+    local = torch.empty_like(order)
+    local[order] = torch.arange(len(order))
+    return unique[order], local[inverse[len(dst_nodes) :]]
+
+
+
 class FixedSizeNeighborSampler(BlockSampler):
     """KGCN's fixed-size uniform neighbourhood: exactly ``K`` in-edges per node.
 
@@ -111,11 +149,24 @@ class FixedSizeNeighborSampler(BlockSampler):
             raise ValueError("n_neighbors and n_layers must be >= 1")
         self.n_neighbors = n_neighbors
         self.n_layers = n_layers
+        self._csc: tuple[dgl.DGLGraph, tuple[torch.Tensor, ...]] | None = None
+
+    def _csc_of(self, g: dgl.DGLGraph) -> tuple[torch.Tensor, ...]:
+        """``g``'s CSC arrays, kept while ``g`` is the graph sampled (DGL rebuilds them per call)."""
+        if self._csc is None or self._csc[0] is not g:
+            self._csc = g, g.adj_tensors("csc")
+        return self._csc[1]
 
     def sample_edges(self, g: dgl.DGLGraph, seeds: torch.Tensor) -> torch.Tensor:
         """Edge ids of ``g`` drawn for ``seeds``: ``K`` per seed with in-edges."""
+        slot, _ = self._draw(g, seeds)
+        return self._csc_of(g)[2][slot]
+
+    def _draw(self, g: dgl.DGLGraph, seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(slot, seed_index)`` of every drawn edge: its position in ``g``'s CSC arrays
+        and the position of its destination in ``seeds``; rich seeds' edges first."""
         k = self.n_neighbors
-        indptr, _, eids = g.adj_tensors("csc")
+        indptr = self._csc_of(g)[0]
         start = indptr[seeds]
         degree = indptr[seeds + 1] - start
         rich = degree >= k
@@ -127,12 +178,44 @@ class FixedSizeNeighborSampler(BlockSampler):
         order = torch.argsort(segment.double() + torch.rand(len(segment), dtype=torch.float64))
         rank = torch.arange(len(segment)) - first[segment]  # position after sorting
         slot = rich_start[segment] + (order - first[segment])
-        chosen_rich = slot[rank < k]
+        kept = rank < k
+        chosen_rich, rich_seed = slot[kept], torch.nonzero(rich, as_tuple=True)[0][segment[kept]]
         # With replacement: k uniform offsets into each node's in-edges.
         poor_start, poor_degree = start[poor], degree[poor]
         offsets = (torch.rand(len(poor_start), k) * poor_degree[:, None]).long()
         chosen_poor = (poor_start[:, None] + offsets).reshape(-1)
-        return eids[torch.cat([chosen_rich, chosen_poor])]
+        poor_seed = torch.nonzero(poor, as_tuple=True)[0].repeat_interleave(k)
+        return torch.cat([chosen_rich, chosen_poor]), torch.cat([rich_seed, poor_seed])
+
+    def sample_layers(self, g: dgl.DGLGraph, seed_nodes: torch.Tensor) -> list[SampledLayer]:
+        """The blocks :meth:`sample_blocks` draws, as CSC arrays, without building graphs.
+
+        Same draws, same node numbering and edge order as the DGL blocks (``dgl.to_block``'s:
+        destinations first, then sources by first appearance in draw order; CSC edges
+        stable by destination), so :func:`condition_on_users` gives identical blocks from
+        either. Training batches take this path: their sampled blocks are only read once,
+        by the conditioning, and building them as DGL graphs was a third of a batch.
+        """
+        indptr, indices, eids = self._csc_of(g)
+        rel = g.edata["rel"]
+        layers: list[SampledLayer] = []
+        for _ in range(self.n_layers):
+            slot, seed_index = self._draw(g, seed_nodes)
+            src_nodes, src_local = _first_appearance(seed_nodes, indices[slot])
+            order = torch.argsort(seed_index, stable=True)
+            counts = torch.bincount(seed_index, minlength=len(seed_nodes))
+            layers.insert(
+                0,
+                SampledLayer(
+                    indptr=torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)]),
+                    indices=src_local[order],
+                    rel=rel[eids[slot[order]]],
+                    src_nodes=src_nodes,
+                    n_dst=len(seed_nodes),
+                ),
+            )
+            seed_nodes = src_nodes
+        return layers
 
     def sample_blocks(self, g, seed_nodes, exclude_eids=None):
         output_nodes = seed_nodes
@@ -482,7 +565,7 @@ def _unique_dst_first(dst_keys: torch.Tensor, edge_keys: torch.Tensor):
 
 
 def condition_on_users(
-    blocks: list[dgl.DGLGraph],
+    blocks: list[dgl.DGLGraph] | list[SampledLayer],
     pair_users: torch.Tensor,
     pair_seed_pos: torch.Tensor,
     edge_filter: EdgeFilter | None = None,
@@ -491,7 +574,8 @@ def condition_on_users(
     """Rewrite sampled blocks into user-conditioned blocks (see the module docstring).
 
     Args:
-        blocks: blocks from a DGL block sampler, input side first.
+        blocks: blocks from a DGL block sampler, input side first, or their
+            :class:`SampledLayer` arrays (:meth:`FixedSizeNeighborSampler.sample_layers`).
         pair_users: ``[n_pairs]`` user of each pair.
         pair_seed_pos: ``[n_pairs]`` position of each pair's item among
             ``blocks[-1]``'s destination nodes.
@@ -510,7 +594,8 @@ def condition_on_users(
     Returns:
         ``(conditioned blocks, pair_index)`` with ``pair_index`` of shape ``[n_pairs]``.
     """
-    n_top = blocks[-1].num_dst_nodes()
+    layers = [layer_of_block(b) for b in blocks]
+    n_top = layers[-1].n_dst
     if dedup:
         keys, pair_index = torch.unique(pair_users * n_top + pair_seed_pos, return_inverse=True)
         state_user, state_node = keys // n_top, keys % n_top
@@ -518,19 +603,18 @@ def condition_on_users(
         pair_index = torch.arange(len(pair_users))
         state_user, state_node = pair_users, pair_seed_pos
     conditioned = []
-    for block in reversed(blocks):
-        indptr, indices, eids = block.adj_tensors("csc")
-        n_src = block.num_src_nodes()
+    for layer in reversed(layers):
+        indptr, indices = layer.indptr, layer.indices
+        n_src = len(layer.src_nodes)
         n_states = len(state_node)
         # Expand each destination state into the in-edges of its node.
         state_degree = indptr[state_node + 1] - indptr[state_node]
         edge_state = torch.repeat_interleave(torch.arange(n_states), state_degree)
         first = torch.cumsum(state_degree, 0) - state_degree
         slot = indptr[state_node][edge_state] + torch.arange(len(edge_state)) - first[edge_state]
-        edge_src, edge_id = indices[slot], eids[slot]
-        edge_rel = block.edata["rel"][edge_id]
+        edge_src, edge_rel = indices[slot], layer.rel[slot]
         if edge_filter is not None:
-            src_entity = block.srcdata[dgl.NID][edge_src]
+            src_entity = layer.src_nodes[edge_src]
             keep = edge_filter(state_user[edge_state], edge_rel, edge_state, src_entity)
             edge_state, edge_src, edge_rel = edge_state[keep], edge_src[keep], edge_rel[keep]
         # Source states: destination states first (self features), then new ones.
@@ -547,7 +631,7 @@ def condition_on_users(
             (edge_src_state, edge_state), num_src_nodes=len(src_user), num_dst_nodes=n_states
         )
         cblock.edata["rel"] = edge_rel
-        global_src = block.srcdata[dgl.NID][src_node]
+        global_src = layer.src_nodes[src_node]
         cblock.srcdata["node"] = global_src
         cblock.srcdata["user"] = src_user
         cblock.dstdata["node"] = global_src[:n_states]
@@ -591,6 +675,9 @@ def make_pair_batch(
     """
     users, items, labels = pairs[:, 0], pairs[:, 1], pairs[:, 2]
     seeds, seed_pos = torch.unique(item_entity[items], return_inverse=True)
-    _, _, blocks = sampler.sample(kg, seeds)
+    if isinstance(sampler, FixedSizeNeighborSampler):
+        blocks = sampler.sample_layers(kg, seeds)
+    else:
+        _, _, blocks = sampler.sample(kg, seeds)
     cblocks, pair_index = condition_on_users(blocks, users, seed_pos, edge_filter, dedup)
     return PairBatch(users, items, labels.float(), cblocks, pair_index)
