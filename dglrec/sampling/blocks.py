@@ -125,7 +125,6 @@ def _first_appearance(dst_nodes: torch.Tensor, src: torch.Tensor):
     return unique[order], local[inverse[len(dst_nodes) :]]
 
 
-
 class FixedSizeNeighborSampler(BlockSampler):
     """KGCN's fixed-size uniform neighbourhood: exactly ``K`` in-edges per node.
 
@@ -152,7 +151,7 @@ class FixedSizeNeighborSampler(BlockSampler):
         self._csc: tuple[dgl.DGLGraph, tuple[torch.Tensor, ...]] | None = None
 
     def _csc_of(self, g: dgl.DGLGraph) -> tuple[torch.Tensor, ...]:
-        """``g``'s CSC arrays, kept while ``g`` is the graph sampled (DGL rebuilds them per call)."""
+        """``g``'s CSC arrays, kept while ``g`` is the graph sampled (DGL rebuilds them)."""
         if self._csc is None or self._csc[0] is not g:
             self._csc = g, g.adj_tensors("csc")
         return self._csc[1]
