@@ -145,9 +145,11 @@ def fit_one(recipe: str, seed: int) -> tuple[str, int, float, float]:
     from dglrec.runs.recipes import load_recipe
 
     torch.set_num_threads(1)
+    sha = recipe_sha256(recipe)
+    # Finished from this recipe text (a changed recipe is refitted).
     done = tracking.find_runs(
         f"tags.equal_footing = '1' and tags.recipe = '{recipe}' and tags.seed = '{seed}' "
-        "and attributes.status = 'FINISHED'"
+        f"and tags.recipe_sha256 = '{sha}' and attributes.status = 'FINISHED'"
     )
     if done:
         return recipe, seed, done[0].data.metrics.get("test_auc", float("nan")), 0.0
@@ -157,7 +159,7 @@ def fit_one(recipe: str, seed: int) -> tuple[str, int, float, float]:
         seed=seed,
     )
     began = time.perf_counter()
-    tags = {"equal_footing": "1", "recipe_sha256": recipe_sha256(recipe)}
+    tags = {"equal_footing": "1", "recipe_sha256": sha}
     _, result = pipeline.fit(cfg, log=lambda _: None, extra_tags=tags)
     return recipe, seed, result.test["auc"], time.perf_counter() - began
 
@@ -169,7 +171,9 @@ def run_fits(recipes: list[str], seeds: list[int], workers: int, stored: list[Ru
     recipe text.
     """
     current = {r: recipe_sha256(r) for r in recipes}
-    kept = {(r.group, r.seed) for r in stored if r.tags.get("recipe_sha256") == current[r.group]}
+    kept = {
+        (r.group, r.seed) for r in stored if r.tags.get("recipe_sha256") == current.get(r.group)
+    }
     wanted = [(r, s) for r in recipes for s in seeds]
     jobs = [job for job in wanted if job not in kept]
     if len(jobs) < len(wanted):
@@ -308,6 +312,16 @@ def run(
     wall = None if args.report_only else run_fits(recipes, seeds, args.workers, stored)
     records = merge_records(stored, tracked_records())
     save_store(records)
+    # A fit of an older text of a recipe is not that recipe's result: off the page.
+    current = {r: recipe_sha256(r) for r in recipes}
+    stale = [
+        r
+        for r in records
+        if r.group in current and r.tags.get("recipe_sha256", current[r.group]) != current[r.group]
+    ]
+    if stale:
+        print(f"left off the page, fitted from an older recipe text: {len(stale)} fits")
+        records = [r for r in records if r not in stale]
     path = Path(args.out)
     plot = path.parent / "images" / plot_name if plot_name else None
     write_report(records, recipes, seeds, path, wall, missing, plot=plot, **page)
