@@ -119,6 +119,21 @@ def merge_records(stored: list[RunRecord], tracked: list[RunRecord]) -> list[Run
     return list(merged.values())
 
 
+def split_stale(
+    records: list[RunRecord], current: dict[str, str]
+) -> tuple[list[RunRecord], list[RunRecord]]:
+    """``(current, stale)``: stale are fits of a recipe in ``current`` (recipe -> SHA-256 of
+    its text now) from another text. A fit of an older text is not the recipe's result.
+    Fits that carry no SHA-256 (tracked before the tag existed) count as current."""
+    stale = [
+        r
+        for r in records
+        if r.group in current and r.tags.get("recipe_sha256", current[r.group]) != current[r.group]
+    ]
+    stale_ids = {id(r) for r in stale}
+    return [r for r in records if id(r) not in stale_ids], stale
+
+
 def tracked_records() -> list[RunRecord]:
     """The experiment's finished fits in the MLflow store (none where there is no store)."""
     from dglrec.analysis import compare
@@ -312,16 +327,9 @@ def run(
     wall = None if args.report_only else run_fits(recipes, seeds, args.workers, stored)
     records = merge_records(stored, tracked_records())
     save_store(records)
-    # A fit of an older text of a recipe is not that recipe's result: off the page.
-    current = {r: recipe_sha256(r) for r in recipes}
-    stale = [
-        r
-        for r in records
-        if r.group in current and r.tags.get("recipe_sha256", current[r.group]) != current[r.group]
-    ]
+    records, stale = split_stale(records, {r: recipe_sha256(r) for r in recipes})
     if stale:
         print(f"left off the page, fitted from an older recipe text: {len(stale)} fits")
-        records = [r for r in records if r not in stale]
     path = Path(args.out)
     plot = path.parent / "images" / plot_name if plot_name else None
     write_report(records, recipes, seeds, path, wall, missing, plot=plot, **page)

@@ -51,6 +51,19 @@ def test_a_tracked_refit_replaces_the_stored_fit_and_the_newest_wins() -> None:
     assert merged == {("kgcn", 1): "newest", ("kgcn", 2): "kept"}
 
 
+def test_fits_of_an_older_recipe_text_are_left_off_the_page() -> None:
+    now, before = "ab" * 32, "ef" * 32
+    records = [record("kgcn", 1, 0.8, "current"), record("kgcn", 2, 0.8, "old text")]
+    records[1].tags["recipe_sha256"] = before
+    untagged = record("kgcn", 3, 0.8, "untagged")
+    del untagged.tags["recipe_sha256"]
+    other = record("bprmf", 1, 0.8, "not on this page")
+    other.tags["recipe_sha256"] = before
+    kept, stale = equal_footing.split_stale([*records, untagged, other], {"kgcn": now})
+    assert [r.run_id for r in kept] == ["current", "untagged", "not on this page"]
+    assert [r.run_id for r in stale] == ["old text"]
+
+
 def test_a_damaged_equal_footing_store_names_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "runs.csv"
     equal_footing.save_store([record("pop", 1, 0.79, "a")], path)
