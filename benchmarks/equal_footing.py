@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import csv
-import hashlib
 import io
 import math
 import sys
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from data_prep.cache import write_atomic
+from data_prep.sources import sha256_of
 
 if TYPE_CHECKING:
     from dglrec.analysis.compare import RunRecord
@@ -63,7 +63,8 @@ STORE_METRICS = (*METRICS, "test_cold_pairs", "test_cold_ranking_users", "best_e
 
 
 def recipe_sha256(recipe: str) -> str:
-    return hashlib.sha256(Path(f"recipes/{recipe}.toml").read_bytes()).hexdigest()
+    """The SHA-256 of ``recipes/<recipe>.toml``: which text of the recipe a fit came from."""
+    return sha256_of(Path(f"recipes/{recipe}.toml"))
 
 
 def load_store(path: Path = STORE) -> list[RunRecord]:
@@ -179,13 +180,15 @@ def fit_one(recipe: str, seed: int) -> tuple[str, int, float, float]:
     return recipe, seed, result.test["auc"], time.perf_counter() - began
 
 
-def run_fits(recipes: list[str], seeds: list[int], workers: int, stored: list[RunRecord]) -> float:
+def run_fits(
+    current: dict[str, str], seeds: list[int], workers: int, stored: list[RunRecord]
+) -> float:
     """Fit every (recipe, seed) not finished yet, ``workers`` at a time; the wall seconds.
 
-    Finished: a tracked run (checked in :func:`fit_one`) or a stored fit of the same
-    recipe text.
+    ``current``: recipe -> SHA-256 of its text now, in the order to fit. Finished: a
+    tracked run (checked in :func:`fit_one`) or a stored fit of the same recipe text.
     """
-    current = {r: recipe_sha256(r) for r in recipes}
+    recipes = list(current)
     kept = {
         (r.group, r.seed) for r in stored if r.tags.get("recipe_sha256") == current.get(r.group)
     }
@@ -323,11 +326,12 @@ def run(
     if missing:
         print(f"skipped, no recipe yet: {', '.join(missing)}")
     recipes = [r for r in recipes if r not in missing]
+    current = {r: recipe_sha256(r) for r in recipes}
     stored = load_store()
-    wall = None if args.report_only else run_fits(recipes, seeds, args.workers, stored)
+    wall = None if args.report_only else run_fits(current, seeds, args.workers, stored)
     records = merge_records(stored, tracked_records())
     save_store(records)
-    records, stale = split_stale(records, {r: recipe_sha256(r) for r in recipes})
+    records, stale = split_stale(records, current)
     if stale:
         print(f"left off the page, fitted from an older recipe text: {len(stale)} fits")
     path = Path(args.out)

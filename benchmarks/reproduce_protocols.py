@@ -24,12 +24,13 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import csv
-import hashlib
 import io
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from equal_footing import recipe_sha256
 
 from data_prep.cache import write_atomic
 
@@ -116,10 +117,6 @@ def applicable(model: str, overrides: list[str]) -> list[str]:
             continue
         kept.append(item)
     return kept
-
-
-def recipe_sha256(model: str) -> str:
-    return hashlib.sha256(Path(f"recipes/{model}.toml").read_bytes()).hexdigest()
 
 
 def load_store(path: Path = STORE) -> dict[tuple[str, str, int], dict]:
