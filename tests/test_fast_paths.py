@@ -246,6 +246,38 @@ def test_grid_scores_like_pairs(tiny_raw, isolated, monkeypatch, model, n_layers
 
 
 @pytest.mark.parametrize("n_layers", [1, 2])
+@pytest.mark.parametrize("aggregator", ["concat", "neighbor"])
+def test_grid_scores_like_pairs_with_every_aggregator(
+    tiny_raw, isolated, monkeypatch, aggregator, n_layers
+):
+    """The grid splits each aggregator's linear map (own part, neighbourhood part)."""
+    trainer = build_trainer(tiny_raw, "kgcn", n_layers, "uniform", f"model.aggregator={aggregator}")
+    assert_grid_equals_pairs(trainer, monkeypatch)
+
+
+def test_destinations_split_by_relation_count():
+    """One relation (or none) at a destination: scored once for all users; two or more: per user."""
+    from dglrec.models.kg import kgcn
+
+    # dst 0 <- (src 0, rel 1), (src 1, rel 1); dst 1 <- (src 2, rel 0), (src 3, rel 1);
+    # dst 2 <- nothing; dst 3 <- (src 4, rel 0), (src 1, rel 1)
+    block = dgl.create_block(
+        (torch.tensor([0, 2, 1, 3, 4, 1]), torch.tensor([0, 1, 0, 1, 3, 3])),
+        num_src_nodes=5,
+        num_dst_nodes=4,
+    )
+    block.srcdata[dgl.NID] = torch.tensor([10, 11, 12, 13, 14])
+    block.edata["rel"] = torch.tensor([1, 0, 1, 1, 0, 1])
+    (alike, alike_block), (varied, varied_block) = kgcn._split_by_relation_count(block, 2)
+    assert alike.tolist() == [0, 2] and varied.tolist() == [1, 3]
+    assert alike_block.num_dst_nodes() == 2 and varied_block.num_dst_nodes() == 2
+    assert [t.tolist() for t in alike_block.edges()] == [[0, 1], [0, 0]]
+    assert [t.tolist() for t in varied_block.edges()] == [[2, 3, 4, 1], [0, 0, 1, 1]]
+    assert varied_block.edata["rel"].tolist() == [0, 1, 0, 1]
+    assert torch.equal(varied_block.srcdata[dgl.NID], block.srcdata[dgl.NID])
+
+
+@pytest.mark.parametrize("n_layers", [1, 2])
 def test_grid_importance_masks_with_tied_relations(tiny_raw, isolated, monkeypatch, n_layers):
     """Two relations of equal importance: ties go to the smaller source entity across them."""
     trainer = build_trainer(tiny_raw, "kaisg", n_layers, "importance_topk")

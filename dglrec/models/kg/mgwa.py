@@ -55,6 +55,17 @@ class GatedAggregator(nn.Module):
         x = torch.cat([h_dst, neighborhood], dim=-1)
         return self.linear(x) * torch.sigmoid(self.gate(x))
 
+    def linear_parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(W_v, W_N, b)`` of both halves stacked: pre-activation ``[xW + b ‖ xV + c]``."""
+        weight = torch.cat([self.linear.weight, self.gate.weight])  # [2d, 2d]
+        dim = self.linear.weight.shape[0]
+        return weight[:, :dim], weight[:, dim:], torch.cat([self.linear.bias, self.gate.bias])
+
+    def activate_(self, pre_activation: torch.Tensor) -> torch.Tensor:
+        """``(xW + b) ⊗ sigmoid(xV + c)`` from the stacked pre-activation (:meth:`linear_parts`)."""
+        value, gate = pre_activation.chunk(2, dim=-1)
+        return value * gate.sigmoid_()
+
 
 @register_model("mgwa", kge_init=True, importance_sampling=True, explains=True, scores_grid=True)
 class MGWA(KGCN):
