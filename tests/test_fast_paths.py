@@ -268,13 +268,22 @@ def test_destinations_split_by_relation_count():
     )
     block.srcdata[dgl.NID] = torch.tensor([10, 11, 12, 13, 14])
     block.edata["rel"] = torch.tensor([1, 0, 1, 1, 0, 1])
-    (alike, alike_block), (varied, varied_block) = kgcn._split_by_relation_count(block, 2)
-    assert alike.tolist() == [0, 2] and varied.tolist() == [1, 3]
+    (alike, alike_block), (varied, varied_block), (pruned, _) = kgcn._destination_classes(
+        block, 2, None
+    )
+    assert alike.tolist() == [0, 2] and varied.tolist() == [1, 3] and pruned.tolist() == []
     assert alike_block.num_dst_nodes() == 2 and varied_block.num_dst_nodes() == 2
     assert [t.tolist() for t in alike_block.edges()] == [[0, 1], [0, 0]]
     assert [t.tolist() for t in varied_block.edges()] == [[2, 3, 4, 1], [0, 0, 1, 1]]
     assert varied_block.edata["rel"].tolist() == [0, 1, 0, 1]
-    assert torch.equal(varied_block.srcdata[dgl.NID], block.srcdata[dgl.NID])
+    # A filter that may prune destinations 0 and 3: 0 has one relation (alike all the same).
+    may_prune = torch.tensor([True, False, False, True])
+    (alike, _), (unpruned, _), (pruned, pruned_block) = kgcn._destination_classes(
+        block, 2, may_prune
+    )
+    assert alike.tolist() == [0, 2] and unpruned.tolist() == [1] and pruned.tolist() == [3]
+    assert [t.tolist() for t in pruned_block.edges()] == [[4, 1], [0, 0]]
+    assert torch.equal(pruned_block.srcdata[dgl.NID], block.srcdata[dgl.NID])
 
 
 @pytest.mark.parametrize("n_layers", [1, 2])

@@ -386,6 +386,10 @@ class GridTopK:
         other = first_at_dst[mine] + torch.arange(len(mine), device=keys.device) - start[mine]
         return _BlockRanks(dst, rel, src_entity, group, position, keys % n_rel, size, mine, other)
 
+    def may_prune(self, block: dgl.DGLGraph) -> torch.Tensor:
+        """``[num_dst]`` bool: destinations with more than ``k`` in-edges (the others keep all)."""
+        return block.in_degrees() > self.k
+
     @torch.no_grad()
     def __call__(self, block: dgl.DGLGraph, users: torch.Tensor) -> torch.Tensor:
         """``[E, U]`` bool: edge ``e`` kept for ``users[u]``."""

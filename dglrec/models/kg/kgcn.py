@@ -37,8 +37,9 @@ the softmax per destination and user; an importance top-K sampler supplies ``[E,
 keep masks. The first layer's sources are the same for every user, so the aggregator's
 linear map is applied to them once, before aggregating; and with one layer, an item
 whose neighbours all share one relation gets equal attention weights from every user,
-so its representation is computed once and its scores are one matrix product. Subclasses change the pieces (attention, aggregators, the user and
-entity vectors), which both paths share.
+so its representation is computed once and its scores are one matrix product.
+Subclasses change the pieces (attention, aggregators, the user and entity vectors),
+which both paths share.
 
 Args:
     n_users: number of users.
@@ -57,8 +58,7 @@ Shapes:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Literal
+from typing import Literal, Protocol
 
 import dgl
 import dgl.function as fn
@@ -72,8 +72,14 @@ from dglrec.models.registry import register_model
 AGGREGATORS = ("sum", "concat", "neighbor")
 
 
-# (block, users) -> [E, U] bool: which edges each user's states keep (importance top-K).
-GridEdgeFilter = Callable[[dgl.DGLGraph, torch.Tensor], torch.Tensor]
+class GridEdgeFilter(Protocol):
+    """Which edges each user's states keep (importance top-K, ``sampling.blocks.GridTopK``)."""
+
+    def __call__(self, block: dgl.DGLGraph, users: torch.Tensor) -> torch.Tensor:
+        """``[E, U]`` bool: edge ``e`` kept for ``users[u]``."""
+
+    def may_prune(self, block: dgl.DGLGraph) -> torch.Tensor:
+        """``[num_dst]`` bool: destinations where some user might drop an edge."""
 
 
 class UserRelationAttention(nn.Module):
@@ -179,20 +185,22 @@ class UserRelationAttention(nn.Module):
             return groups.dstdata["n"]
 
 
-def _split_by_relation_count(block: dgl.DGLGraph, n_relations: int):
-    """``((alike, alike_block), (varied, varied_block))`` of ``block``'s destinations.
+def _destination_classes(block: dgl.DGLGraph, n_relations: int, may_prune: torch.Tensor | None):
+    """``block``'s destinations in three classes, each ``(ids, block of their in-edges)``.
 
-    ``alike``: destinations whose in-edges have at most one relation; ``varied``: the
-    rest. Each comes with a block of its destinations' in-edges (same sources, same
-    edge order per destination, destinations renumbered ``0..n-1``).
+    ``alike``: in-edges of at most one relation (weights equal for every user);
+    ``unpruned``: two or more relations, every edge kept for every user (``may_prune``
+    false, or no filter); ``pruned``: the rest. Each sub-block keeps ``block``'s sources
+    and each destination's edge order, its destinations renumbered ``0..n-1``.
     """
     src, dst = block.edges(order="eid")
     rel = block.edata["rel"]
     n_dst = block.num_dst_nodes()
     keys = torch.unique(dst * n_relations + rel)
-    relations_at = torch.bincount(keys // n_relations, minlength=n_dst)
+    alike = torch.bincount(keys // n_relations, minlength=n_dst) <= 1
+    pruned = ~alike & (may_prune if may_prune is not None else torch.zeros_like(alike))
     parts = []
-    for chosen in (relations_at <= 1, relations_at > 1):
+    for chosen in (alike, ~alike & ~pruned, pruned):
         ids = torch.nonzero(chosen, as_tuple=True)[0]
         renumber = torch.full((n_dst,), -1, dtype=dst.dtype, device=dst.device)
         renumber[ids] = torch.arange(len(ids), dtype=dst.dtype, device=dst.device)
@@ -394,13 +402,17 @@ class KGCN(nn.Module):
         equal scores, ties to the smaller source entity). Its output ``h^{(1)}_v`` is one
         vector and its scores one matrix product; it is computed once per ranking, for the
         first user. Only destinations with two or more relations (1,439 of Last.FM's
-        3,846 items with 8 uniform neighbours) need a ``[num_dst, U, d]`` state per user.
+        3,846 items with 8 uniform neighbours) need a ``[num_dst, U, d]`` state per user,
+        and of those only the ones an importance top-K may prune (more in-edges than K;
+        363 items with all neighbours and K = 8) need ``[E, U]`` keep masks: the others
+        keep every edge, and their edges of one relation pool into one.
         """
         cache = {} if cache is None else cache
         aggregator = self.aggregators[0]
-        if ("alike", block) not in cache:
-            cache[("alike", block)] = _split_by_relation_count(block, len(affinity))
-        (alike, alike_block), (varied, varied_block) = cache[("alike", block)]
+        if ("classes", block) not in cache:
+            may_prune = edge_filter.may_prune(block) if edge_filter is not None else None
+            cache[("classes", block)] = _destination_classes(block, len(affinity), may_prune)
+        (alike, alike_block), *per_user = cache[("classes", block)]
         logits = user.new_empty(len(users), block.num_dst_nodes())
         if ("alike_out", block) not in cache:
             keep = edge_filter(alike_block, users[:1]) if edge_filter is not None else None
@@ -409,12 +421,11 @@ class KGCN(nn.Module):
             )
             cache[("alike_out", block)] = out[:, 0]  # [n_alike, d]
         logits[:, alike] = user @ cache[("alike_out", block)].T
-        if len(varied):
-            keep = edge_filter(varied_block, users) if edge_filter is not None else None
-            out = self._grid_first_layer(
-                varied_block, h, h[varied], aggregator, affinity, keep, cache
-            )
-            logits[:, varied] = out.mul_(user).sum(-1).T
+        for (ids, part), filtered in zip(per_user, (False, True), strict=True):
+            if len(ids):
+                keep = edge_filter(part, users) if filtered else None
+                out = self._grid_first_layer(part, h, h[ids], aggregator, affinity, keep, cache)
+                logits[:, ids] = out.mul_(user).sum(-1).T
         return logits
 
     def _grid_first_layer(
