@@ -341,7 +341,7 @@ def run(
 
 
 def main() -> None:
-    run(__doc__.splitlines()[0], default_recipes(), "docs/equal_footing.md")
+    run(__doc__.splitlines()[0], default_recipes(), "docs/equal_footing.md", "equal_footing.png")
 
 
 if __name__ == "__main__":
