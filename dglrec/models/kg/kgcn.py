@@ -377,8 +377,8 @@ class KGCN(nn.Module):
         for layer, (block, aggregator) in enumerate(zip(blocks, self.aggregators, strict=True)):
             keep = edge_filter(block, users) if edge_filter is not None else None
             if layer == 0:
-                h_dst = h[: block.num_dst_nodes()]
-                h = self._grid_first_layer(block, h, h_dst, aggregator, affinity, keep, cache)
+                dst = slice(0, block.num_dst_nodes())
+                h = self._grid_first_layer(block, h, dst, aggregator, affinity, keep, cache)
             else:
                 neighborhood = self.attention.grid(block, h, affinity, keep, cache)
                 h = aggregator(h[: block.num_dst_nodes()].expand_as(neighborhood), neighborhood)
@@ -417,14 +417,14 @@ class KGCN(nn.Module):
         if ("alike_out", block) not in cache:
             keep = edge_filter(alike_block, users[:1]) if edge_filter is not None else None
             out = self._grid_first_layer(
-                alike_block, h, h[alike], aggregator, affinity[:, :1], keep, cache
+                alike_block, h, alike, aggregator, affinity[:, :1], keep, cache
             )
             cache[("alike_out", block)] = out[:, 0]  # [n_alike, d]
         logits[:, alike] = user @ cache[("alike_out", block)].T
         for (ids, part), filtered in zip(per_user, (False, True), strict=True):
             if len(ids):
                 keep = edge_filter(part, users) if filtered else None
-                out = self._grid_first_layer(part, h, h[ids], aggregator, affinity, keep, cache)
+                out = self._grid_first_layer(part, h, ids, aggregator, affinity, keep, cache)
                 logits[:, ids] = out.mul_(user).sum(-1).T
         return logits
 
@@ -432,7 +432,7 @@ class KGCN(nn.Module):
         self,
         block: dgl.DGLGraph,
         h: torch.Tensor,
-        h_dst: torch.Tensor,
+        dst: torch.Tensor | slice,
         aggregator: nn.Module,
         affinity: torch.Tensor,
         keep: torch.Tensor | None,
@@ -440,7 +440,7 @@ class KGCN(nn.Module):
     ) -> torch.Tensor:
         """The grid's first layer, whose sources ``h`` (``[N, 1, d]``) every user shares.
 
-        ``h_dst``: ``[num_dst, 1, d]``, the block's destinations' own vectors.
+        ``dst``: where the block's destinations are among ``h``'s rows (their own vectors).
 
         The neighbourhood is a weighted sum of sources, so the aggregator's linear map
         moves inside it: ``W_N Σ_e a_e h_e = Σ_e a_e (W_N h_e)``. Projecting the ``N``
@@ -450,17 +450,14 @@ class KGCN(nn.Module):
         summation order (``tests/test_fast_paths.py``).
         """
         cache = {} if cache is None else cache
-        key = ("projected", block)
-        if key not in cache:
+        if ("own_part", block) not in cache:
             own, neighbour, bias = aggregator.linear_parts()
-            attended = cache.get("attended")
-            if attended is None:  # the same sources for every first-layer block of a ranking
-                attended = h @ neighbour.T  # [N, 1, m]
-            cache[key] = (attended, bias if own is None else torch.addmm(bias, h_dst[:, 0], own.T))
-        attended, own_part = cache[key]
-        cache["attended"] = attended  # shared by every pass: their group means are kept too
-        pre_activation = self.attention.grid(block, attended, affinity, keep, cache)
-        return aggregator.activate_(pre_activation.add_(own_part.view(-1, 1, own_part.shape[-1])))
+            if "attended" not in cache:  # the same sources for every first-layer block of a ranking
+                cache["attended"] = h @ neighbour.T  # [N, 1, m]; their group means are kept too
+            own_part = bias if own is None else torch.addmm(bias, h[dst][:, 0], own.T)
+            cache[("own_part", block)] = own_part.view(-1, 1, own_part.shape[-1])
+        pre_activation = self.attention.grid(block, cache["attended"], affinity, keep, cache)
+        return aggregator.activate_(pre_activation.add_(cache[("own_part", block)]))
 
     def importance_scores(self, users: torch.Tensor, relations: torch.Tensor) -> torch.Tensor:
         """KAISG's importance ``s(u, r) = sigmoid(e_u · e_r)`` from the current tables.
