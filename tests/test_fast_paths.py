@@ -30,7 +30,7 @@ import torch
 
 from dglrec.evaluation.ranking import evaluate_ranking
 from dglrec.runs import pipeline
-from dglrec.sampling.blocks import GridTopK, top_k_per_group
+from dglrec.sampling.blocks import GridTopK, relation_groups, top_k_per_group
 from dglrec.seeding import derived_seed, reseed_sampling
 from dglrec.training import ctr
 from tests.conftest import recipe_on
@@ -304,9 +304,17 @@ def test_relation_groups_are_built_once_per_ranking(monkeypatch):
         (torch.tensor([0, 1, 2, 3]), torch.tensor([0, 0, 0, 1])), num_src_nodes=4, num_dst_nodes=2
     )
     block.edata["rel"] = torch.tensor([1, 1, 0, 1])
-    src, group, count, relation, groups = kgcn._relation_groups(block, 2)
-    assert count.tolist() == [1, 2, 1] and relation.tolist() == [0, 1, 1]
-    assert group.tolist() == [1, 1, 0, 2] and groups.edges()[1].tolist() == [0, 0, 1]
+    block.srcdata[dgl.NID] = torch.tensor([5, 3, 9, 1])  # edge 1's source ranks before edge 0's
+    src, groups, group_block = kgcn._relation_groups(block)
+    assert groups.size.tolist() == [1, 2, 1] and groups.rel.tolist() == [0, 1, 1]
+    assert groups.dst.tolist() == [0, 0, 1] and group_block.edges()[1].tolist() == [0, 0, 1]
+    assert groups.group.tolist() == [1, 1, 0, 2]
+    assert groups.ranked.tolist() == [2, 1, 0, 3] and groups.position.tolist() == [1, 0, 0, 0]
+    # Prefix sums of each group's sources in rank order, after a zero row per group.
+    h = torch.tensor([[1.0], [10.0], [100.0], [1000.0]])
+    table, zero_row = kgcn._group_prefix_sums(h, src, groups)
+    assert zero_row.tolist() == [0, 2, 5]
+    assert table[:, 0].tolist() == [0, 100, 0, 10, 11, 0, 1000]
     built = []
     build = kgcn._relation_groups
     monkeypatch.setattr(kgcn, "_relation_groups", lambda *a: built.append(1) or build(*a))
@@ -317,6 +325,43 @@ def test_relation_groups_are_built_once_per_ranking(monkeypatch):
     assert len(built) == 1 and torch.equal(first, again)
     attention.grid(block, h_src, affinity)  # no cache: built for the call
     assert len(built) == 2
+
+
+def test_kept_counts_pool_like_keep_masks():
+    """Per-group kept counts on shared sources give the keep-mask grid's neighbourhoods.
+
+    Random block and counts (a prefix of each group in rank order, none kept for some
+    (group, user)); checked against :meth:`UserRelationAttention.grid` with the masks
+    those counts mean, for KGCN's and KAISG's logits.
+    """
+    from dglrec.models.kg import kgcn
+    from dglrec.models.kg.kaisg import ImportanceAttention
+
+    g = torch.Generator().manual_seed(1)
+    n_src, n_dst, n_edges, n_rel, n_users = 15, 6, 50, 3, 4
+    block = dgl.create_block(
+        (
+            torch.randint(0, n_src, (n_edges,), generator=g),
+            torch.arange(n_edges) % n_dst,
+        ),
+        num_src_nodes=n_src,
+        num_dst_nodes=n_dst,
+    )
+    block.edata["rel"] = torch.randint(0, n_rel, (n_edges,), generator=g)
+    block.srcdata[dgl.NID] = torch.randperm(n_src, generator=g)
+    _, groups, _ = kgcn._relation_groups(block)
+    kept = (torch.rand(len(groups.size), n_users, generator=g) * (groups.size[:, None] + 1)).long()
+    kept[groups.dst == 0] = groups.size[groups.dst == 0, None]  # keep all at one destination
+    keep = groups.position[:, None] < kept[groups.group]  # [E, U]
+    assert (keep.sum(0) < n_edges).all() and (kept == 0).any()
+    for attention in (kgcn.UserRelationAttention(), ImportanceAttention()):
+        h_src, affinity = torch.randn(n_src, 1, 4, generator=g), torch.randn(n_rel, n_users)
+        cache = {"attended": h_src}
+        got = attention.grid_pooled(block, h_src, affinity, kept, cache)
+        expected = attention.grid(block, h_src.expand(-1, n_users, -1), affinity, keep)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        with pytest.raises(ValueError, match="shared first-layer sources"):
+            attention.grid_pooled(block, h_src.clone(), affinity, kept, cache)
 
 
 def test_grid_top_k_matches_per_group_top_k():
@@ -349,6 +394,10 @@ def test_grid_top_k_matches_per_group_top_k():
                 dst, table[u, block.edata["rel"]], block.srcdata[dgl.NID][src], k
             )
             assert torch.equal(keep[:, u], expected), (k, u)
+        # The counts behind the masks: each group's kept edges, a prefix in rank order.
+        kept = GridTopK(k, Model()).kept_counts(block, users)
+        groups = relation_groups(block)
+        assert torch.equal(kept, torch.zeros_like(kept).index_add_(0, groups.group, keep.long()))
 
 
 @pytest.mark.parametrize(

@@ -326,26 +326,55 @@ class ImportanceTopK:
         return top_k_per_group(dst_state, score, src_entity, self.k)
 
 
-class _BlockRanks(NamedTuple):
-    """What :class:`GridTopK` needs of a block, whoever the users: per edge and per group."""
+class RelationGroups(NamedTuple):
+    """A block's edges in (destination, relation) groups, numbered in that order.
 
+    The edges of one group share their attention weight for every user and, under
+    importance top-K, their score: whatever the user, a group keeps a *prefix* of its
+    edges in rank order (by source entity, then edge id, the top-K's tie-break).
+    """
+
+    group: torch.Tensor  # [E] each edge's group
+    position: torch.Tensor  # [E] the edge's rank in its group
+    ranked: torch.Tensor  # [E] edge ids, group after group, each group in rank order
+    size: torch.Tensor  # [G] edges per group
+    dst: torch.Tensor  # [G] each group's destination (groups are sorted by it)
+    rel: torch.Tensor  # [G] each group's relation
+
+
+def relation_groups(block: dgl.DGLGraph) -> RelationGroups:
+    """The (destination, relation) groups of ``block``'s edges (see :class:`RelationGroups`)."""
+    src, dst = block.edges(order="eid")
+    rel = block.edata["rel"]
+    n_rel = int(rel.max()) + 1 if len(rel) else 1
+    keys, group = torch.unique(dst * n_rel + rel, return_inverse=True)  # sorted by dst
+    ranked = torch.argsort(block.srcdata[dgl.NID][src], stable=True)
+    ranked = ranked[torch.argsort(group[ranked], stable=True)]
+    size = torch.bincount(group, minlength=len(keys))
+    first = torch.cumsum(size, 0) - size
+    position = torch.empty_like(ranked)
+    position[ranked] = torch.arange(len(ranked), device=ranked.device) - first[group[ranked]]
+    return RelationGroups(group, position, ranked, size, keys // n_rel, keys % n_rel)
+
+
+class _BlockRanks(NamedTuple):
+    """What :class:`GridTopK` needs of a block, whoever the users."""
+
+    groups: RelationGroups
     dst: torch.Tensor  # [E] destination of each edge
     rel: torch.Tensor  # [E] relation of each edge
     src_entity: torch.Tensor  # [E] entity of each edge's source (the tie-break)
-    group: torch.Tensor  # [E] (destination, relation) group of each edge
-    position: torch.Tensor  # [E] rank of the edge in its group, by source entity
-    group_rel: torch.Tensor  # [G] relation of each group
-    size: torch.Tensor  # [G] edges per group
     mine: torch.Tensor  # [P] with other: every ordered pair of groups at one destination
     other: torch.Tensor  # [P]
 
 
 class GridTopK:
-    """:class:`ImportanceTopK` for every user of a grid at once: ``[E, U]`` keep masks.
+    """:class:`ImportanceTopK` for every user of a grid at once.
 
-    ``grid_top_k(block, users)[e, u]`` says whether user ``u``'s state at edge ``e``'s
-    destination keeps ``e``: the ``k`` in-edges of highest ``s(u, r)`` per (user,
-    destination), ties to the smaller source entity, as the pair path keeps them.
+    The ``k`` in-edges of highest ``s(u, r)`` per (user, destination), ties to the
+    smaller source entity, as the pair path keeps them; given as how many edges each
+    user keeps of each (destination, relation) group (:meth:`kept_counts`, a prefix of
+    the group: :class:`RelationGroups`) or as ``[E, U]`` keep masks (:meth:`__call__`).
 
     Why no sort per user: ``s(u, r)`` depends on the relation only, so an edge's rank
     at its destination is the number of edges of relations that ``u`` scores higher,
@@ -353,7 +382,8 @@ class GridTopK:
     term does not depend on ``u``, and is computed once per block). The first is a sum
     over the few (relation, relation) pairs that meet at a destination. A user with two
     relations of exactly equal score (where the tie-break by source entity crosses
-    relations) is masked by :func:`top_k_per_group` instead, exactly as the pair path.
+    relations at one of the block's destinations) is ranked by :func:`top_k_per_group`
+    instead, exactly as the pair path.
     """
 
     def __init__(self, k: int, model: torch.nn.Module):
@@ -366,49 +396,47 @@ class GridTopK:
     @staticmethod
     def _block_ranks(block: dgl.DGLGraph) -> _BlockRanks:
         src, dst = block.edges(order="eid")
-        rel = block.edata["rel"]
-        src_entity = block.srcdata[dgl.NID][src]
-        n_rel = int(rel.max()) + 1 if len(rel) else 1
-        keys, group = torch.unique(dst * n_rel + rel, return_inverse=True)  # sorted by dst
-        order = torch.argsort(src_entity, stable=True)
-        order = order[torch.argsort(group[order], stable=True)]
-        size = torch.bincount(group, minlength=len(keys))
-        first = torch.cumsum(size, 0) - size
-        position = torch.empty_like(order)
-        position[order] = torch.arange(len(order), device=order.device) - first[group[order]]
+        groups = relation_groups(block)
         # Pair each group with every group of its destination (itself included).
-        group_dst = keys // n_rel
-        at_dst = torch.bincount(group_dst)
-        first_at_dst = (torch.cumsum(at_dst, 0) - at_dst)[group_dst]  # [G] first group there
-        per_dst = at_dst[group_dst]  # [G] groups at the group's destination
-        mine = torch.repeat_interleave(torch.arange(len(keys), device=keys.device), per_dst)
+        at_dst = torch.bincount(groups.dst)
+        first_at_dst = (torch.cumsum(at_dst, 0) - at_dst)[groups.dst]  # [G] first group there
+        per_dst = at_dst[groups.dst]  # [G] groups at the group's destination
+        mine = torch.repeat_interleave(torch.arange(len(per_dst), device=dst.device), per_dst)
         start = torch.cumsum(per_dst, 0) - per_dst
-        other = first_at_dst[mine] + torch.arange(len(mine), device=keys.device) - start[mine]
-        return _BlockRanks(dst, rel, src_entity, group, position, keys % n_rel, size, mine, other)
+        other = first_at_dst[mine] + torch.arange(len(mine), device=dst.device) - start[mine]
+        src_entity = block.srcdata[dgl.NID][src]
+        return _BlockRanks(groups, dst, block.edata["rel"], src_entity, mine, other)
 
     def may_prune(self, block: dgl.DGLGraph) -> torch.Tensor:
         """``[num_dst]`` bool: destinations with more than ``k`` in-edges (the others keep all)."""
         return block.in_degrees() > self.k
 
     @torch.no_grad()
-    def __call__(self, block: dgl.DGLGraph, users: torch.Tensor) -> torch.Tensor:
-        """``[E, U]`` bool: edge ``e`` kept for ``users[u]``."""
+    def kept_counts(self, block: dgl.DGLGraph, users: torch.Tensor) -> torch.Tensor:
+        """``[G, U]``: edges ``users[u]`` keeps of each group of ``relation_groups(block)``.
+
+        The kept edges of a group are its first ones in rank order.
+        """
         if id(block) not in self._ranks:
             self._ranks[id(block)] = block, self._block_ranks(block)
         r = self._ranks[id(block)][1]
-        n_users, n_rel = len(users), int(r.group_rel.max()) + 1 if len(r.group_rel) else 1
+        groups = r.groups
+        n_users, n_rel = len(users), int(groups.rel.max()) + 1 if len(groups.rel) else 1
         score = self.model.importance_scores(
             users.repeat_interleave(n_rel), torch.arange(n_rel, device=users.device).repeat(n_users)
         )
         score = score.view(n_users, n_rel).T.to(r.rel.device)  # [n_rel, U]
-        group_score = score[r.group_rel]  # [G, U]
+        group_score = score[groups.rel]  # [G, U]
         # Edges ahead of each group's: those of the groups at its destination scored higher.
-        higher = (group_score[r.other] > group_score[r.mine]) * r.size[r.other, None]  # [P, U]
+        other_score, my_score = group_score[r.other], group_score[r.mine]  # [P, U]
+        higher = (other_score > my_score) * groups.size[r.other, None]
         ahead = torch.zeros_like(group_score, dtype=torch.long).index_add_(0, r.mine, higher)
-        keep = ahead[r.group] + r.position[:, None] < self.k  # [E, U]
-        ranked = torch.sort(score, 0).values
-        tied = torch.nonzero((ranked[1:] == ranked[:-1]).any(0), as_tuple=True)[0]
-        if len(tied):  # ties across relations: rank (score, source entity) over the edges
+        kept = torch.minimum((self.k - ahead).clamp_(min=0), groups.size[:, None])  # [G, U]
+        # Two relations of exactly equal score that meet at a destination (float32 ties are
+        # common where the sigmoid saturates): the tie-break by source entity crosses them.
+        tied = (other_score == my_score) & (r.other != r.mine)[:, None]
+        tied = torch.nonzero(tied.any(0), as_tuple=True)[0]
+        if len(tied):  # for those users, rank (score, source entity) over the edges
             offset = torch.arange(len(tied), device=r.dst.device)[:, None] * block.num_dst_nodes()
             tied_keep = top_k_per_group(
                 (offset + r.dst).reshape(-1),  # (tied user, destination), user-major
@@ -416,8 +444,16 @@ class GridTopK:
                 r.src_entity.repeat(len(tied)),
                 self.k,
             )
-            keep[:, tied] = tied_keep.view(len(tied), -1).T
-        return keep
+            tied_kept = kept.new_zeros(len(groups.size), len(tied))
+            tied_keep = tied_keep.view(len(tied), -1).T.long()  # [E, T]
+            kept[:, tied] = tied_kept.index_add_(0, groups.group, tied_keep)
+        return kept
+
+    def __call__(self, block: dgl.DGLGraph, users: torch.Tensor) -> torch.Tensor:
+        """``[E, U]`` bool: edge ``e`` kept for ``users[u]``."""
+        kept = self.kept_counts(block, users)
+        groups = self._ranks[id(block)][1].groups
+        return groups.position[:, None] < kept[groups.group]
 
 
 class PairSampler:

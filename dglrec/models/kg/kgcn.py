@@ -35,9 +35,12 @@ the users as a batch dimension, as DGL's multi-head layers carry heads: node sta
 ``[N, U, d]``, edge scores ``π^u_r`` ``[E, U]`` from one ``[n_relations, U]`` product,
 the softmax per destination and user; an importance top-K sampler supplies ``[E, U]``
 keep masks. The first layer's sources are the same for every user, so the aggregator's
-linear map is applied to them once, before aggregating; and with one layer, an item
-whose neighbours all share one relation gets equal attention weights from every user,
-so its representation is computed once and its scores are one matrix product.
+linear map is applied to them once, before aggregating, and the edges of one
+(destination, relation) group, which share their weight, pool into one: under
+importance top-K a user keeps a prefix of each group (ranked by source entity), read
+from per-group prefix sums. With one layer, an item whose neighbours all share one
+relation gets equal attention weights from every user, so its representation is
+computed once and its scores are one matrix product.
 Subclasses change the pieces (attention, aggregators, the user and entity vectors),
 which both paths share.
 
@@ -68,6 +71,7 @@ from torch import nn
 
 from dglrec.models.base import ScoreOutput, half_sq
 from dglrec.models.registry import register_model
+from dglrec.sampling.blocks import relation_groups
 
 AGGREGATORS = ("sum", "concat", "neighbor")
 
@@ -77,6 +81,13 @@ class GridEdgeFilter(Protocol):
 
     def __call__(self, block: dgl.DGLGraph, users: torch.Tensor) -> torch.Tensor:
         """``[E, U]`` bool: edge ``e`` kept for ``users[u]``."""
+
+    def kept_counts(self, block: dgl.DGLGraph, users: torch.Tensor) -> torch.Tensor:
+        """``[G, U]``: edges ``users[u]`` keeps of each group of ``relation_groups(block)``.
+
+        A group keeps its first edges in :class:`~dglrec.sampling.blocks.RelationGroups`
+        rank order.
+        """
 
     def may_prune(self, block: dgl.DGLGraph) -> torch.Tensor:
         """``[num_dst]`` bool: destinations where some user might drop an edge."""
@@ -127,15 +138,13 @@ class UserRelationAttention(nn.Module):
             h_src: ``[num_src, U, d]`` (or ``[num_src, 1, d]``, the same for every user).
             affinity: ``[n_relations, U]`` ``e_r · e_u`` of each relation for each user.
             keep: ``[E, U]`` bool, the edges each user keeps (all if ``None``).
-            cache: a ranking's cache (see :meth:`KGCN.score_grid`): the block's
-                (destination, relation) groups, and where ``h_src`` is the ranking's
-                shared first-layer sources (``cache["attended"]``), their per-group means.
+            cache: a ranking's cache (see :meth:`KGCN.score_grid`), for :meth:`grid_pooled`.
 
         Returns:
             ``[num_dst, U, d]``.
         """
         if keep is None and h_src.shape[1] == 1:
-            return self._grid_by_relation(block, h_src, affinity, cache)
+            return self.grid_pooled(block, h_src, affinity, cache=cache)
         logits = self.logit(affinity[block.edata["rel"]])  # [E, U]
         if keep is not None:
             logits = logits.masked_fill(~keep, -math.inf)
@@ -148,41 +157,88 @@ class UserRelationAttention(nn.Module):
             block.update_all(fn.u_mul_e("h", "a", "m"), fn.sum("m", "n"))
             return block.dstdata["n"]
 
-    def _grid_by_relation(
+    def grid_pooled(
         self,
         block: dgl.DGLGraph,
         h_src: torch.Tensor,
         affinity: torch.Tensor,
+        kept: torch.Tensor | None = None,
         cache: dict | None = None,
     ) -> torch.Tensor:
-        """:meth:`grid` where every edge is kept: one edge per (destination, relation).
+        """:meth:`grid` by (destination, relation) group: one edge per group.
 
-        Where no edge is masked, an edge's weight depends on its relation only, so the
-        ``c`` edges of one relation into one destination share it: they enter the
-        softmax as one edge from the mean of their sources, with logit ``+ log c``
-        (``Σ_e e^{s_r} h_e = c e^{s_r} mean h``). Same result, fewer edges (Last.FM-KG,
-        8 uniform neighbours per item: 6.3k (item, relation) groups for 30.8k edges);
-        used where the sources are the same for every user, so the means cost one pass.
+        An edge's weight depends on its relation only, so the ``c`` kept edges of one
+        relation into one destination share it: they enter the softmax as one edge from
+        the mean of their sources, with logit ``+ log c`` (``Σ_e e^{s_r} h_e = c e^{s_r}
+        mean h``). Same result, fewer edges (Last.FM-KG, 8 uniform neighbours per item:
+        6.3k (item, relation) groups for 30.8k edges).
+
+        Args:
+            kept: ``[G, U]``, how many edges of each group each user keeps (a prefix of
+                the group in rank order: :class:`~dglrec.sampling.blocks.RelationGroups`;
+                every edge if ``None``). Needs ``h_src`` to be the ranking's shared
+                first-layer sources (``cache["attended"]``): their per-group prefix sums
+                are computed once per ranking, and each (group, user) reads its own.
+            cache: a ranking's cache (see :meth:`KGCN.score_grid`): the block's groups,
+                and, for the shared first-layer sources, their per-group means and
+                prefix sums.
         """
         cache = {} if cache is None else cache
         if ("groups", block) not in cache:
-            cache[("groups", block)] = _relation_groups(block, len(affinity))
-        src, group, count, relation, groups = cache[("groups", block)]
-        # The means depend on the sources: shared only where they are the ranking's
-        # first-layer vectors (a deeper layer's [N, 1, d], one user per pass, is that user's).
+            cache[("groups", block)] = _relation_groups(block)
+        src, groups, group_block = cache[("groups", block)]
+        # Means and prefix sums depend on the sources: shared only where they are the
+        # ranking's first-layer vectors (a deeper layer's [N, 1, d] is one user's).
         shared = h_src is cache.get("attended")
-        pooled = cache.get(("pooled", block)) if shared else None
-        if pooled is None:
-            pooled = h_src.new_zeros(len(relation), *h_src.shape[1:])
-            pooled.index_add_(0, group, h_src[src]).div_(count.view(-1, 1, 1))  # [G, 1, d]
-            if shared:
-                cache[("pooled", block)] = pooled
-        logits = self.logit(affinity[relation]) + count.to(affinity.dtype).log()[:, None]
-        with groups.local_scope():
-            groups.edata["a"] = edge_softmax(groups, logits.unsqueeze(-1))  # [G, U, 1]
-            groups.srcdata["h"] = pooled
-            groups.update_all(fn.u_mul_e("h", "a", "m"), fn.sum("m", "n"))
-            return groups.dstdata["n"]
+        logits = self.logit(affinity[groups.rel])  # [G, U]
+        if kept is None:
+            pooled = cache.get(("pooled", block)) if shared else None
+            if pooled is None:
+                pooled = h_src.new_zeros(len(groups.size), *h_src.shape[1:])
+                pooled.index_add_(0, groups.group, h_src[src]).div_(groups.size.view(-1, 1, 1))
+                if shared:
+                    cache[("pooled", block)] = pooled  # [G, 1, d]
+            logits = logits.add_(groups.size.to(logits.dtype).log()[:, None])
+            weight = edge_softmax(group_block, logits.unsqueeze(-1))
+        else:
+            if not shared:
+                raise ValueError("kept counts need the ranking's shared first-layer sources")
+            if ("prefix", block) not in cache:
+                cache[("prefix", block)] = _group_prefix_sums(h_src[:, 0], src, groups)
+            table, zero_row = cache[("prefix", block)]
+            pooled = table[zero_row[:, None] + kept]  # [G, U, d]: sum of each user's kept edges
+            logits = logits.add_(kept.to(logits.dtype).log())
+            weight = edge_softmax(group_block, logits.unsqueeze(-1))
+            # Per edge, not per group: Σ_e a_e h_e = (a_g / c) Σ_kept h_e. 0, not 0/0, where
+            # a user keeps no edge of the group (its logit is -inf).
+            weight = weight.div_(kept.clamp(min=1).unsqueeze(-1)).masked_fill_(
+                (kept == 0).unsqueeze(-1), 0.0
+            )
+        with group_block.local_scope():
+            group_block.edata["a"] = weight  # [G, U, 1]
+            group_block.srcdata["h"] = pooled
+            group_block.update_all(fn.u_mul_e("h", "a", "m"), fn.sum("m", "n"))
+            return group_block.dstdata["n"]
+
+
+def _group_prefix_sums(h_src: torch.Tensor, src: torch.Tensor, groups) -> tuple:
+    """``(table, zero_row)``: ``table[zero_row[g] + c]`` sums group ``g``'s first ``c`` sources.
+
+    ``h_src``: ``[num_src, d]``. Sums run in float64 over the whole block, then each
+    group's own prefix is taken and rounded once to ``h_src``'s dtype, so a long block
+    loses no precision to the cancellation.
+    """
+    n_groups, n_edges = len(groups.size), len(src)
+    sums = h_src[src[groups.ranked]].double().cumsum(0)  # [E, d], group after group
+    first = torch.cumsum(groups.size, 0) - groups.size
+    before = torch.cat([sums.new_zeros(1, sums.shape[1]), sums])[first]  # [G, d]
+    rank_group = groups.group[groups.ranked]
+    zero_row = first + torch.arange(n_groups, device=first.device)  # one zero row per group
+    table = h_src.new_zeros(n_edges + n_groups, h_src.shape[1])
+    table[torch.arange(n_edges, device=first.device) + rank_group + 1] = (
+        sums - before[rank_group]
+    ).to(h_src.dtype)
+    return table, zero_row
 
 
 def _destination_classes(block: dgl.DGLGraph, n_relations: int, may_prune: torch.Tensor | None):
@@ -190,17 +246,25 @@ def _destination_classes(block: dgl.DGLGraph, n_relations: int, may_prune: torch
 
     ``alike``: in-edges of at most one relation (weights equal for every user);
     ``unpruned``: two or more relations, every edge kept for every user (``may_prune``
-    false, or no filter); ``pruned``: the rest. Each sub-block keeps ``block``'s sources
-    and each destination's edge order, its destinations renumbered ``0..n-1``.
+    false, or no filter); ``pruned``: the rest (see :func:`_sub_blocks`).
+    """
+    _, dst = block.edges(order="eid")
+    keys = torch.unique(dst * n_relations + block.edata["rel"])
+    alike = torch.bincount(keys // n_relations, minlength=block.num_dst_nodes()) <= 1
+    pruned = ~alike & (may_prune if may_prune is not None else torch.zeros_like(alike))
+    return _sub_blocks(block, (alike, ~alike & ~pruned, pruned))
+
+
+def _sub_blocks(block: dgl.DGLGraph, selections) -> list:
+    """``(ids, block of their in-edges)`` for each ``[num_dst]`` bool selection of destinations.
+
+    Each sub-block keeps ``block``'s sources and each destination's edge order, its
+    destinations renumbered ``0..n-1``.
     """
     src, dst = block.edges(order="eid")
-    rel = block.edata["rel"]
     n_dst = block.num_dst_nodes()
-    keys = torch.unique(dst * n_relations + rel)
-    alike = torch.bincount(keys // n_relations, minlength=n_dst) <= 1
-    pruned = ~alike & (may_prune if may_prune is not None else torch.zeros_like(alike))
     parts = []
-    for chosen in (alike, ~alike & ~pruned, pruned):
+    for chosen in selections:
         ids = torch.nonzero(chosen, as_tuple=True)[0]
         renumber = torch.full((n_dst,), -1, dtype=dst.dtype, device=dst.device)
         renumber[ids] = torch.arange(len(ids), dtype=dst.dtype, device=dst.device)
@@ -212,28 +276,27 @@ def _destination_classes(block: dgl.DGLGraph, n_relations: int, may_prune: torch
             device=block.device,
         )
         part.srcdata[dgl.NID] = block.srcdata[dgl.NID]
-        part.edata["rel"] = rel[edges]
+        part.edata["rel"] = block.edata["rel"][edges]
         parts.append((ids, part))
-    return tuple(parts)
+    return parts
 
 
-def _relation_groups(block: dgl.DGLGraph, n_relations: int):
-    """``(src, group, count, relation, groups)`` of ``block``'s edges.
+def _relation_groups(block: dgl.DGLGraph):
+    """``(src, groups, group_block)`` of ``block``'s edges.
 
-    ``src``/``group``: each edge's source and its (destination, relation) group;
-    ``count``/``relation``: each group's size and relation; ``groups``: a block from
-    each group to its destination. They depend on the block alone, so a ranking
-    builds them once (its cache), not once per pass of users.
+    ``src``: each edge's source; ``groups``: its (destination, relation) groups
+    (:func:`~dglrec.sampling.blocks.relation_groups`); ``group_block``: a block from
+    each group to its destination. They depend on the block alone, so a ranking builds
+    them once (its cache), not once per pass of users.
     """
-    src, dst = block.edges(order="eid")
-    keys, group = torch.unique(dst * n_relations + block.edata["rel"], return_inverse=True)
-    count = torch.bincount(group, minlength=len(keys))  # [G]
-    groups = dgl.create_block(  # group g -> its destination
-        (torch.arange(len(keys), device=keys.device), keys // n_relations),
-        num_src_nodes=len(keys),
+    src, _ = block.edges(order="eid")
+    groups = relation_groups(block)
+    group_block = dgl.create_block(  # group g -> its destination
+        (torch.arange(len(groups.size), device=src.device), groups.dst),
+        num_src_nodes=len(groups.size),
         num_dst_nodes=block.num_dst_nodes(),
     )
-    return src, group, count, keys % n_relations, groups
+    return src, groups, group_block
 
 
 class KGCNAggregator(nn.Module):
@@ -375,12 +438,18 @@ class KGCN(nn.Module):
         if len(blocks) == 1:
             return self._grid_one_layer(blocks[0], h, user, users, affinity, edge_filter, cache)
         for layer, (block, aggregator) in enumerate(zip(blocks, self.aggregators, strict=True)):
-            keep = edge_filter(block, users) if edge_filter is not None else None
             if layer == 0:
-                dst = slice(0, block.num_dst_nodes())
-                h = self._grid_first_layer(block, h, dst, aggregator, affinity, keep, cache)
+                (alike, shared), per_user = self._first_layer_by_class(
+                    block, h, users, affinity, edge_filter, cache
+                )
+                h = shared.new_empty(block.num_dst_nodes(), len(users), shared.shape[-1])
+                h[alike] = shared  # [n_alike, 1, d], broadcast over the users
+                for ids, out in per_user:
+                    h[ids] = out
             else:
-                neighborhood = self.attention.grid(block, h, affinity, keep, cache)
+                neighborhood = self._grid_deeper_layer(
+                    block, h, users, affinity, edge_filter, cache
+                )
                 h = aggregator(h[: block.num_dst_nodes()].expand_as(neighborhood), neighborhood)
         return h.mul_(user).sum(-1).T  # [N, U, d] -> [U, N]; h is this pass's own
 
@@ -396,37 +465,86 @@ class KGCN(nn.Module):
     ) -> torch.Tensor:
         """``[U, num_dst]`` logits of a one-layer grid (``h``: the ``[N, 1, d]`` sources).
 
+        The destinations alike for every user (:meth:`_first_layer_by_class`) score
+        with one matrix product; the others from their ``[n, U, d]`` states.
+        """
+        (alike, shared), per_user = self._first_layer_by_class(
+            block, h, users, affinity, edge_filter, cache
+        )
+        logits = user.new_empty(len(users), block.num_dst_nodes())
+        logits[:, alike] = user @ shared[:, 0].T
+        for ids, out in per_user:
+            logits[:, ids] = out.mul_(user).sum(-1).T
+        return logits
+
+    def _first_layer_by_class(
+        self,
+        block: dgl.DGLGraph,
+        h: torch.Tensor,
+        users: torch.Tensor,
+        affinity: torch.Tensor,
+        edge_filter: GridEdgeFilter | None,
+        cache: dict | None,
+    ) -> tuple[tuple, list]:
+        """The first layer by destination class: ``((ids, [n, 1, d]), [(ids, [n, U, d]), ...])``.
+
         An edge's attention weight depends on the user only through the edge's
         relation, so a destination whose in-edges all have one relation weighs its kept
         edges equally, whoever the user (and an importance top-K keeps the same ones:
         equal scores, ties to the smaller source entity). Its output ``h^{(1)}_v`` is one
-        vector and its scores one matrix product; it is computed once per ranking, for the
-        first user. Only destinations with two or more relations (1,439 of Last.FM's
-        3,846 items with 8 uniform neighbours) need a ``[num_dst, U, d]`` state per user,
-        and of those only the ones an importance top-K may prune (more in-edges than K;
-        363 items with all neighbours and K = 8) need ``[E, U]`` keep masks: the others
-        keep every edge, and their edges of one relation pool into one.
+        vector, computed once per ranking (for the first user) and shared by every user.
+        Only destinations with two or more relations (1,439 of Last.FM's 3,846 items
+        with 8 uniform neighbours) need a ``[n, U, d]`` state per user, and of those
+        only the ones an importance top-K may prune (more in-edges than K; 363 items
+        with all neighbours and K = 8) need per-user kept counts: the others keep every
+        edge, and their edges of one relation pool into one mean per ranking.
         """
         cache = {} if cache is None else cache
         aggregator = self.aggregators[0]
         if ("classes", block) not in cache:
             may_prune = edge_filter.may_prune(block) if edge_filter is not None else None
             cache[("classes", block)] = _destination_classes(block, len(affinity), may_prune)
-        (alike, alike_block), *per_user = cache[("classes", block)]
-        logits = user.new_empty(len(users), block.num_dst_nodes())
+        (alike, alike_block), *classes = cache[("classes", block)]
         if ("alike_out", block) not in cache:
-            keep = edge_filter(alike_block, users[:1]) if edge_filter is not None else None
-            out = self._grid_first_layer(
-                alike_block, h, alike, aggregator, affinity[:, :1], keep, cache
-            )
-            cache[("alike_out", block)] = out[:, 0]  # [n_alike, d]
-        logits[:, alike] = user @ cache[("alike_out", block)].T
-        for (ids, part), filtered in zip(per_user, (False, True), strict=True):
+            first = users[:1]
+            kept = edge_filter.kept_counts(alike_block, first) if edge_filter is not None else None
+            cache[("alike_out", block)] = self._grid_first_layer(
+                alike_block, h, alike, aggregator, affinity[:, :1], kept, cache
+            )  # [n_alike, 1, d]
+        per_user = []
+        for (ids, part), filtered in zip(classes, (False, True), strict=True):
+            if len(ids):
+                kept = edge_filter.kept_counts(part, users) if filtered else None
+                out = self._grid_first_layer(part, h, ids, aggregator, affinity, kept, cache)
+                per_user.append((ids, out))
+        return (alike, cache[("alike_out", block)]), per_user
+
+    def _grid_deeper_layer(
+        self,
+        block: dgl.DGLGraph,
+        h: torch.Tensor,
+        users: torch.Tensor,
+        affinity: torch.Tensor,
+        edge_filter: GridEdgeFilter | None,
+        cache: dict | None,
+    ) -> torch.Tensor:
+        """``[num_dst, U, d]`` neighbourhoods of a layer past the first (``h``: ``[N, U, d]``).
+
+        Keep masks only for the destinations an importance top-K may prune (more
+        in-edges than K); the others keep every edge for every user.
+        """
+        if edge_filter is None:
+            return self.attention.grid(block, h, affinity, None, cache)
+        cache = {} if cache is None else cache
+        if ("pruning", block) not in cache:
+            may_prune = edge_filter.may_prune(block)
+            cache[("pruning", block)] = _sub_blocks(block, (~may_prune, may_prune))
+        out = h.new_empty(block.num_dst_nodes(), len(users), h.shape[-1])
+        for (ids, part), filtered in zip(cache[("pruning", block)], (False, True), strict=True):
             if len(ids):
                 keep = edge_filter(part, users) if filtered else None
-                out = self._grid_first_layer(part, h, ids, aggregator, affinity, keep, cache)
-                logits[:, ids] = out.mul_(user).sum(-1).T
-        return logits
+                out[ids] = self.attention.grid(part, h, affinity, keep, cache)
+        return out
 
     def _grid_first_layer(
         self,
@@ -435,12 +553,14 @@ class KGCN(nn.Module):
         dst: torch.Tensor | slice,
         aggregator: nn.Module,
         affinity: torch.Tensor,
-        keep: torch.Tensor | None,
+        kept: torch.Tensor | None,
         cache: dict | None,
     ) -> torch.Tensor:
         """The grid's first layer, whose sources ``h`` (``[N, 1, d]``) every user shares.
 
-        ``dst``: where the block's destinations are among ``h``'s rows (their own vectors).
+        ``dst``: where the block's destinations are among ``h``'s rows (their own vectors);
+        ``kept``: ``[G, U]`` edges each user keeps per (destination, relation) group
+        (:meth:`GridEdgeFilter.kept_counts`; all if ``None``).
 
         The neighbourhood is a weighted sum of sources, so the aggregator's linear map
         moves inside it: ``W_N Σ_e a_e h_e = Σ_e a_e (W_N h_e)``. Projecting the ``N``
@@ -456,7 +576,7 @@ class KGCN(nn.Module):
                 cache["attended"] = h @ neighbour.T  # [N, 1, m]; their group means are kept too
             own_part = bias if own is None else torch.addmm(bias, h[dst][:, 0], own.T)
             cache[("own_part", block)] = own_part.view(-1, 1, own_part.shape[-1])
-        pre_activation = self.attention.grid(block, cache["attended"], affinity, keep, cache)
+        pre_activation = self.attention.grid_pooled(block, cache["attended"], affinity, kept, cache)
         return aggregator.activate_(pre_activation.add_(cache[("own_part", block)]))
 
     def importance_scores(self, users: torch.Tensor, relations: torch.Tensor) -> torch.Tensor:
