@@ -439,13 +439,7 @@ class KGCN(nn.Module):
             return self._grid_one_layer(blocks[0], h, user, users, affinity, edge_filter, cache)
         for layer, (block, aggregator) in enumerate(zip(blocks, self.aggregators, strict=True)):
             if layer == 0:
-                (alike, shared), per_user = self._first_layer_by_class(
-                    block, h, users, affinity, edge_filter, cache
-                )
-                h = shared.new_empty(block.num_dst_nodes(), len(users), shared.shape[-1])
-                h[alike] = shared  # [n_alike, 1, d], broadcast over the users
-                for ids, out in per_user:
-                    h[ids] = out
+                h = self._grid_first_of_layers(block, h, users, affinity, edge_filter, cache)
             else:
                 neighborhood = self._grid_deeper_layer(
                     block, h, users, affinity, edge_filter, cache
@@ -518,6 +512,37 @@ class KGCN(nn.Module):
                 out = self._grid_first_layer(part, h, ids, aggregator, affinity, kept, cache)
                 per_user.append((ids, out))
         return (alike, cache[("alike_out", block)]), per_user
+
+    def _grid_first_of_layers(
+        self,
+        block: dgl.DGLGraph,
+        h: torch.Tensor,
+        users: torch.Tensor,
+        affinity: torch.Tensor,
+        edge_filter: GridEdgeFilter | None,
+        cache: dict | None,
+    ) -> torch.Tensor:
+        """``[num_dst, U, d]``: the first layer of a grid with more (``h``: ``[N, 1, d]``).
+
+        Every destination as if it kept all its edges (one pooled pass); then the
+        destinations an importance top-K may prune (more in-edges than K) again, from
+        each user's kept counts. Rows are not split further: a deeper layer needs all
+        of them as ``[num_dst, U, d]``, and writing the alike ones there costs what
+        computing them does.
+        """
+        cache = {} if cache is None else cache
+        aggregator = self.aggregators[0]
+        out = self._grid_first_layer(
+            block, h, slice(0, block.num_dst_nodes()), aggregator, affinity, None, cache
+        )
+        if edge_filter is not None:
+            if ("prunable", block) not in cache:
+                cache[("prunable", block)] = _sub_blocks(block, (edge_filter.may_prune(block),))
+            [(ids, part)] = cache[("prunable", block)]
+            if len(ids):
+                kept = edge_filter.kept_counts(part, users)
+                out[ids] = self._grid_first_layer(part, h, ids, aggregator, affinity, kept, cache)
+        return out
 
     def _grid_deeper_layer(
         self,
