@@ -366,6 +366,9 @@ class _BlockRanks(NamedTuple):
     src_entity: torch.Tensor  # [E] entity of each edge's source (the tie-break)
     mine: torch.Tensor  # [P] with other: every ordered pair of groups at one destination
     other: torch.Tensor  # [P]
+    by_dst: torch.Tensor  # [E] edge ids sorted by destination
+    dst_first: torch.Tensor  # [num_dst] where each destination's edges start in by_dst
+    in_degree: torch.Tensor  # [num_dst]
 
 
 class GridTopK:
@@ -380,10 +383,10 @@ class GridTopK:
     at its destination is the number of edges of relations that ``u`` scores higher,
     plus its rank by source entity among the edges of its own relation (the second
     term does not depend on ``u``, and is computed once per block). The first is a sum
-    over the few (relation, relation) pairs that meet at a destination. A user with two
-    relations of exactly equal score (where the tie-break by source entity crosses
-    relations at one of the block's destinations) is ranked by :func:`top_k_per_group`
-    instead, exactly as the pair path.
+    over the few (relation, relation) pairs that meet at a destination. Where two
+    relations of exactly equal score for a user meet at a destination (the tie-break by
+    source entity then crosses relations), that (user, destination) is ranked edge by
+    edge by :func:`top_k_per_group` instead, exactly as the pair path.
     """
 
     def __init__(self, k: int, model: torch.nn.Module):
@@ -405,7 +408,12 @@ class GridTopK:
         start = torch.cumsum(per_dst, 0) - per_dst
         other = first_at_dst[mine] + torch.arange(len(mine), device=dst.device) - start[mine]
         src_entity = block.srcdata[dgl.NID][src]
-        return _BlockRanks(groups, dst, block.edata["rel"], src_entity, mine, other)
+        in_degree = torch.bincount(dst, minlength=block.num_dst_nodes())
+        by_dst = torch.argsort(dst, stable=True)
+        dst_first = torch.cumsum(in_degree, 0) - in_degree
+        return _BlockRanks(
+            groups, dst, block.edata["rel"], src_entity, mine, other, by_dst, dst_first, in_degree
+        )
 
     def may_prune(self, block: dgl.DGLGraph) -> torch.Tensor:
         """``[num_dst]`` bool: destinations with more than ``k`` in-edges (the others keep all)."""
@@ -434,19 +442,22 @@ class GridTopK:
         kept = torch.minimum((self.k - ahead).clamp_(min=0), groups.size[:, None])  # [G, U]
         # Two relations of exactly equal score that meet at a destination (float32 ties are
         # common where the sigmoid saturates): the tie-break by source entity crosses them.
-        tied = (other_score == my_score) & (r.other != r.mine)[:, None]
-        tied = torch.nonzero(tied.any(0), as_tuple=True)[0]
-        if len(tied):  # for those users, rank (score, source entity) over the edges
-            offset = torch.arange(len(tied), device=r.dst.device)[:, None] * block.num_dst_nodes()
-            tied_keep = top_k_per_group(
-                (offset + r.dst).reshape(-1),  # (tied user, destination), user-major
-                score[:, tied][r.rel].T.reshape(-1),
-                r.src_entity.repeat(len(tied)),
-                self.k,
-            )
-            tied_kept = kept.new_zeros(len(groups.size), len(tied))
-            tied_keep = tied_keep.view(len(tied), -1).T.long()  # [E, T]
-            kept[:, tied] = tied_kept.index_add_(0, groups.group, tied_keep)
+        tied = (other_score == my_score) & (r.other != r.mine)[:, None]  # [P, U]
+        pair, user = torch.nonzero(tied, as_tuple=True)
+        if len(pair):  # there, rank (score, source entity) over the destination's edges
+            n_dst = block.num_dst_nodes()
+            redo = torch.unique(user * n_dst + groups.dst[r.mine[pair]])  # (user, destination)
+            redo_user, redo_dst = redo // n_dst, redo % n_dst
+            degree = r.in_degree[redo_dst]
+            which = torch.repeat_interleave(torch.arange(len(redo), device=redo.device), degree)
+            first = torch.cumsum(degree, 0) - degree
+            offset = torch.arange(len(which), device=redo.device) - first[which]
+            edge = r.by_dst[r.dst_first[redo_dst][which] + offset]  # their edges
+            edge_user = redo_user[which]
+            keep = top_k_per_group(which, score[r.rel[edge], edge_user], r.src_entity[edge], self.k)
+            edge_group = groups.group[edge]
+            kept[edge_group, edge_user] = 0  # every group there has an edge in the redo
+            kept.index_put_((edge_group, edge_user), keep.long(), accumulate=True)
         return kept
 
     def __call__(self, block: dgl.DGLGraph, users: torch.Tensor) -> torch.Tensor:
