@@ -68,7 +68,8 @@ needed: the block sampler samples ordinary blocks once over the item entities, a
 the model runs its layers on them with node features ``[N, U, d]`` and edge
 attention ``[E, U, 1]``, DGL's multi-head layout (``edge_softmax`` normalises per
 destination for every user, ``update_all`` broadcasts). Importance top-K then becomes
-a ``[E, U]`` keep mask per block (:class:`GridTopK`): the same edges the pair path's
+how many edges each user keeps of each (destination, relation) group, or a ``[E, U]``
+keep mask per block (:class:`GridTopK`): the same edges the pair path's
 :class:`ImportanceTopK` keeps for each (user, destination).
 """
 
