@@ -362,7 +362,6 @@ class _BlockRanks(NamedTuple):
     """What :class:`GridTopK` needs of a block, whoever the users."""
 
     groups: RelationGroups
-    dst: torch.Tensor  # [E] destination of each edge
     rel: torch.Tensor  # [E] relation of each edge
     src_entity: torch.Tensor  # [E] entity of each edge's source (the tie-break)
     mine: torch.Tensor  # [P] with other: every ordered pair of groups at one destination
@@ -413,7 +412,7 @@ class GridTopK:
         by_dst = torch.argsort(dst, stable=True)
         dst_first = torch.cumsum(in_degree, 0) - in_degree
         return _BlockRanks(
-            groups, dst, block.edata["rel"], src_entity, mine, other, by_dst, dst_first, in_degree
+            groups, block.edata["rel"], src_entity, mine, other, by_dst, dst_first, in_degree
         )
 
     def may_prune(self, block: dgl.DGLGraph) -> torch.Tensor:
