@@ -134,6 +134,71 @@ def test_training_terms_and_grid_match_a_loop_reference():
     torch.testing.assert_close(grid, all_pairs.view(3, 4), atol=1e-6, rtol=0)
 
 
+def test_grid_keys_sum_tails_and_count_memories_per_distinct_head_and_relation():
+    """Hand-set memories: user 0 holds (2, 1) twice and (1, 0) once; user 1 one key."""
+    model = RippleNet(n_users=2, n_items=3, n_entities=8, n_relations=3, dim=4, n_hop=1, n_memory=3)
+    model.memory_heads[:, 0] = torch.tensor([[2, 1, 2], [5, 5, 5]])
+    model.memory_relations[:, 0] = torch.tensor([[1, 0, 1], [2, 2, 2]])
+    model.memory_tails[:, 0] = torch.tensor([[6, 3, 7], [4, 4, 0]])
+    rh, weights, count = model._grid_keys(torch.tensor([0, 1]), 0)
+    assert count.tolist() == [2, 1] and rh.shape == (2, 2, 4) and weights.shape == (2, 5, 2)
+    emb = model.entity_emb.weight
+    matrices = model.relation_emb.weight.view(3, 4, 4)
+    with torch.no_grad():
+        # Keys sorted by h * n_relations + r: user 0's (1, 0) = 3, then (2, 1) = 7.
+        torch.testing.assert_close(rh[0, 0], matrices[0] @ emb[1])
+        torch.testing.assert_close(rh[0, 1], matrices[1] @ emb[2])
+        torch.testing.assert_close(weights[0, :4, 0], emb[3])
+        torch.testing.assert_close(weights[0, :4, 1], emb[6] + emb[7])
+        torch.testing.assert_close(weights[1, :4, 0], 2 * emb[4] + emb[0])
+        # User 1's padding slot repeats her only key, weightless.
+        torch.testing.assert_close(rh[1, 1], rh[1, 0])
+        assert weights[1, :, 1].abs().sum() == 0
+    assert weights[:, 4].tolist() == [[1.0, 2.0], [3.0, 0.0]]
+
+
+@pytest.mark.parametrize("subchunk", [1, 200, 1 << 19])
+@pytest.mark.parametrize("scale", [1.0, 40.0])
+def test_grid_by_distinct_keys_scores_like_pairs(monkeypatch, subchunk, scale):
+    """Repeated keys, users of different key counts (padded sub-chunks), a user without
+    memories, and scores large enough that the softmax needs its maximum subtracted."""
+    from dglrec.models.kg import ripplenet
+
+    g = torch.Generator().manual_seed(5)
+    n_users, n_items, n_entities = 9, 6, 14
+    torch.manual_seed(0)
+    model = RippleNet(n_users, n_items, n_entities, n_relations=3, dim=4, n_hop=2, n_memory=7)
+    heads = torch.randint(0, n_entities, (40,), generator=g)
+    triples = torch.stack(
+        [
+            heads,
+            torch.randint(0, 2, (40,), generator=g),
+            torch.randint(0, n_entities, (40,), generator=g),
+        ],
+        1,
+    )
+    users = torch.arange(n_users - 1).repeat_interleave(2)  # the last user has no positives
+    pairs = torch.stack(
+        [users, torch.randint(0, n_items, (len(users),), generator=g), torch.ones_like(users)], 1
+    )
+    model.bind_training_data(
+        TrainingTensors(pairs, torch.arange(n_items), triples, n_entities, seed=1)
+    )
+    with torch.no_grad():
+        model.entity_emb.weight.mul_(scale)
+    model.eval()
+    counts = torch.stack([model._grid_keys(torch.arange(n_users), hop)[2] for hop in range(2)])
+    assert counts.min() < 7 and len(torch.unique(counts)) > 2 and not model.has_memory[-1]
+    monkeypatch.setattr(ripplenet, "GRID_SUBCHUNK_FLOATS", subchunk)
+    with torch.no_grad():
+        grid = model.score_grid(torch.arange(n_users), torch.arange(n_items))
+        expected = model(
+            torch.arange(n_users).repeat_interleave(n_items), torch.arange(n_items).repeat(n_users)
+        ).logits.view(n_users, n_items)
+    assert torch.isfinite(grid).all()
+    torch.testing.assert_close(grid, expected, atol=1e-5 * scale**3, rtol=1e-5)
+
+
 def test_relation_products_equal_products_with_gathered_matrices():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(50, 6, generator=g)
