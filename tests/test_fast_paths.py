@@ -327,6 +327,42 @@ def test_relation_groups_are_built_once_per_ranking(monkeypatch):
     assert len(built) == 2
 
 
+@pytest.mark.parametrize("attention", ["kgcn", "kaisg"])
+@pytest.mark.parametrize("offset", [0.0, 100.0])
+def test_grid_by_relation_sums_like_pooled_edges(attention, offset):
+    """One product over relations = the per-group softmax, every edge kept, for any users;
+    softmax inputs near 100 (e^100 overflows float32) need the user's maximum out."""
+    from dglrec.models.kg import kgcn
+    from dglrec.models.kg.kaisg import ImportanceAttention
+
+    g = torch.Generator().manual_seed(3)
+    n_src, n_dst, n_rel, n_users, n_edges = 12, 7, 5, 6, 30
+    dst = torch.randint(0, n_dst - 1, (n_edges,), generator=g)  # the last destination: none
+    block = dgl.create_block(
+        (torch.randint(0, n_src, (n_edges,), generator=g), dst),
+        num_src_nodes=n_src,
+        num_dst_nodes=n_dst,
+    )
+    block.srcdata[dgl.NID] = torch.randperm(n_src, generator=g)
+    block.edata["rel"] = torch.randint(1, n_rel, (n_edges,), generator=g)  # relation 0: none
+    module = kgcn.UserRelationAttention() if attention == "kgcn" else ImportanceAttention()
+    h_src = torch.randn(n_src, 1, 4, generator=g)
+    affinity = offset + 3 * torch.randn(n_rel, n_users, generator=g)
+    cache = {"attended": h_src}
+    by_relation = module.grid_by_relation(block, h_src, affinity, cache)
+    assert by_relation.shape == (n_dst, 4, n_users)
+    expected = module.grid_pooled(block, h_src, affinity, cache=cache)
+    torch.testing.assert_close(by_relation.transpose(1, 2), expected, atol=1e-6, rtol=1e-5)
+    assert by_relation[-1].abs().sum() == 0  # no edges: an empty sum
+    # Inputs spread too far for one shared maximum (KGCN's are unbounded): None, pooled instead.
+    spread = affinity.clone()
+    spread[1] -= 60
+    declined = module.grid_by_relation(block, h_src, spread, cache) is None
+    assert declined == (attention == "kgcn")
+    with pytest.raises(ValueError, match="shared first-layer sources"):
+        module.grid_by_relation(block, h_src.clone(), affinity, cache)
+
+
 def test_kept_counts_pool_like_keep_masks():
     """Per-group kept counts on shared sources give the keep-mask grid's neighbourhoods.
 

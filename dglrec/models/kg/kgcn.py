@@ -61,6 +61,7 @@ Shapes:
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Literal, Protocol
 
 import dgl
@@ -74,6 +75,9 @@ from dglrec.models.registry import register_model
 from dglrec.sampling.blocks import relation_groups
 
 AGGREGATORS = ("sum", "concat", "neighbor")
+# The spread of one user's softmax inputs that grid_by_relation takes with one shared
+# maximum: every weight stays above e^-40, far from float32 underflow.
+BY_RELATION_MAX_SPREAD = 40.0
 
 
 class GridEdgeFilter(Protocol):
@@ -220,6 +224,63 @@ class UserRelationAttention(nn.Module):
             group_block.update_all(fn.u_mul_e("h", "a", "m"), fn.sum("m", "n"))
             return group_block.dstdata["n"]
 
+    def grid_by_relation(
+        self, block: dgl.DGLGraph, h_src: torch.Tensor, affinity: torch.Tensor, cache: dict
+    ) -> torch.Tensor | None:
+        """:meth:`grid` with every edge kept, features before users: ``[num_dst, m, U]``.
+
+        ``h_src`` must be the ranking's shared first-layer sources (``cache["attended"]``,
+        ``[N, 1, m]``). A destination's edges of relation ``r`` share the weight
+        ``e^{s_r}`` (``s_r`` the user's softmax input), so with ``S_{v,r}`` the sum of
+        their sources and ``c_{v,r}`` their count,
+
+        .. math::
+
+            e^u_{N(v)} = \\frac{\\sum_r e^{s_r - μ} S_{v,r}}{\\sum_r e^{s_r - μ} c_{v,r}},
+
+        ``μ`` the user's largest ``s_r``: one sparse ``[num_dst (m + 1), R']`` by dense
+        ``[R', U]`` product over the ``R'`` relations the block has, the sparse ``[S; c]``
+        matrix built once per ranking; no per-edge softmax. ``None`` (use
+        :meth:`grid_pooled`) where a user's inputs spread more than
+        :data:`BY_RELATION_MAX_SPREAD`: one shared ``μ`` could underflow a denominator.
+        """
+        if h_src is not cache.get("attended"):
+            raise ValueError("grid_by_relation needs the ranking's shared first-layer sources")
+        if ("by_relation", block) not in cache:
+            cache[("by_relation", block)] = _relation_sums(block, h_src[:, 0], cache)
+        relations, sums_by_relation = cache[("by_relation", block)]
+        inputs = self.logit(affinity[relations])  # [R', U]
+        inputs = inputs - inputs.amax(0)
+        if len(inputs) and float(inputs.amin()) < -BY_RELATION_MAX_SPREAD:
+            return None
+        sums = (sums_by_relation @ inputs.exp_()).view(block.num_dst_nodes(), -1, len(inputs.T))
+        # A destination without edges: 0 / tiny = 0 (grid_pooled's empty sum), not 0 / 0.
+        return sums[:, :-1].div_(sums[:, -1:].clamp_(min=1e-30))
+
+
+def _relation_sums(block: dgl.DGLGraph, h_src: torch.Tensor, cache: dict) -> tuple:
+    """``(relations, CSR [num_dst (m + 1), R'])`` for ``UserRelationAttention.grid_by_relation``.
+
+    ``relations``: the ``R'`` relations ``block`` has; row ``v (m + 1) + k`` holds, per
+    relation, component ``k`` of the sum of ``v``'s sources through it (``k = m``: their
+    count). ``h_src``: ``[num_src, m]``.
+    """
+    if ("groups", block) not in cache:
+        cache[("groups", block)] = _relation_groups(block)
+    src, groups, _ = cache[("groups", block)]
+    relations, column = torch.unique(groups.rel, return_inverse=True)
+    width = h_src.shape[1] + 1
+    sums = h_src.new_zeros(len(groups.size), width)
+    sums[:, :-1].index_add_(0, groups.group, h_src[src])
+    sums[:, -1] = groups.size.to(sums.dtype)
+    rows = groups.dst[:, None] * width + torch.arange(width, device=src.device)
+    entries = torch.stack([rows.flatten(), column[:, None].expand_as(rows).flatten()])
+    shape = (block.num_dst_nodes() * width, len(relations))
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": used as documented
+        warnings.simplefilter("ignore", UserWarning)
+        matrix = torch.sparse_coo_tensor(entries, sums.flatten(), shape).coalesce()
+        return relations, matrix.to_sparse_csr()
+
 
 def _group_prefix_sums(h_src: torch.Tensor, src: torch.Tensor, groups) -> tuple:
     """``(table, zero_row)``: ``table[zero_row[g] + c]`` sums group ``g``'s first ``c`` sources.
@@ -339,8 +400,8 @@ class KGCNAggregator(nn.Module):
             return weight[:, :dim], weight[:, dim:], bias
         return None, weight, bias
 
-    def activate_(self, pre_activation: torch.Tensor) -> torch.Tensor:
-        """The layer's output from its pre-activation, computed in place."""
+    def activate_(self, pre_activation: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        """The layer's output from its pre-activation (features along ``dim``), in place."""
         return self.activation_(pre_activation)
 
 
@@ -467,8 +528,8 @@ class KGCN(nn.Module):
         )
         logits = user.new_empty(len(users), block.num_dst_nodes())
         logits[:, alike] = user @ shared[:, 0].T
-        for ids, out in per_user:
-            logits[:, ids] = out.mul_(user).sum(-1).T
+        for ids, out in per_user:  # [n, d, U]
+            logits[:, ids] = out.mul_(user.T).sum(1).T
         return logits
 
     def _first_layer_by_class(
@@ -480,7 +541,7 @@ class KGCN(nn.Module):
         edge_filter: GridEdgeFilter | None,
         cache: dict | None,
     ) -> tuple[tuple, list]:
-        """The first layer by destination class: ``((ids, [n, 1, d]), [(ids, [n, U, d]), ...])``.
+        """The first layer by destination class: ``((ids, [n, 1, d]), [(ids, [n, d, U]), ...])``.
 
         An edge's attention weight depends on the user only through the edge's
         relation, so a destination whose in-edges all have one relation weighs its kept
@@ -491,7 +552,8 @@ class KGCN(nn.Module):
         with 8 uniform neighbours) need a ``[n, U, d]`` state per user, and of those
         only the ones an importance top-K may prune (more in-edges than K; 363 items
         with all neighbours and K = 8) need per-user kept counts: the others keep every
-        edge, and their edges of one relation pool into one mean per ranking.
+        edge, and aggregate by relation (:meth:`UserRelationAttention.grid_by_relation`).
+        Per-user outputs are ``[n, d, U]`` (a view of ``[n, U, d]`` where pooled by group).
         """
         cache = {} if cache is None else cache
         aggregator = self.aggregators[0]
@@ -507,10 +569,16 @@ class KGCN(nn.Module):
             )  # [n_alike, 1, d]
         per_user = []
         for (ids, part), filtered in zip(classes, (False, True), strict=True):
-            if len(ids):
+            if not len(ids):
+                continue
+            out = None
+            if not filtered:
+                out = self._grid_first_layer_by_relation(part, h, ids, aggregator, affinity, cache)
+            if out is None:
                 kept = edge_filter.kept_counts(part, users) if filtered else None
                 out = self._grid_first_layer(part, h, ids, aggregator, affinity, kept, cache)
-                per_user.append((ids, out))
+                out = out.transpose(1, 2)
+            per_user.append((ids, out))
         return (alike, cache[("alike_out", block)]), per_user
 
     def _grid_first_of_layers(
@@ -595,14 +663,49 @@ class KGCN(nn.Module):
         summation order (``tests/test_fast_paths.py``).
         """
         cache = {} if cache is None else cache
+        own_part = self._own_part(block, h, dst, aggregator, cache)
+        pre_activation = self.attention.grid_pooled(block, cache["attended"], affinity, kept, cache)
+        return aggregator.activate_(pre_activation.add_(own_part))
+
+    def _grid_first_layer_by_relation(
+        self,
+        block: dgl.DGLGraph,
+        h: torch.Tensor,
+        dst: torch.Tensor,
+        aggregator: nn.Module,
+        affinity: torch.Tensor,
+        cache: dict,
+    ) -> torch.Tensor | None:
+        """:meth:`_grid_first_layer` with every edge kept, as ``[n, d, U]``, or ``None``.
+
+        By relation (:meth:`UserRelationAttention.grid_by_relation`): ``None`` where
+        that declines. Users last, so the activation runs over contiguous rows.
+        """
+        own_part = self._own_part(block, h, dst, aggregator, cache)  # [n, 1, m]
+        pre_activation = self.attention.grid_by_relation(block, cache["attended"], affinity, cache)
+        if pre_activation is None:
+            return None
+        return aggregator.activate_(pre_activation.add_(own_part.transpose(1, 2)), dim=1)
+
+    @staticmethod
+    def _own_part(
+        block: dgl.DGLGraph,
+        h: torch.Tensor,
+        dst: torch.Tensor | slice,
+        aggregator: nn.Module,
+        cache: dict,
+    ) -> torch.Tensor:
+        """``[n, 1, m]``: ``W_v h_v + b`` of ``block``'s destinations, once per ranking.
+
+        Also keeps ``cache["attended"]``, the shared sources projected by ``W_N``.
+        """
         if ("own_part", block) not in cache:
             own, neighbour, bias = aggregator.linear_parts()
             if "attended" not in cache:  # the same sources for every first-layer block of a ranking
                 cache["attended"] = h @ neighbour.T  # [N, 1, m]; their group means are kept too
             own_part = bias if own is None else torch.addmm(bias, h[dst][:, 0], own.T)
             cache[("own_part", block)] = own_part.view(-1, 1, own_part.shape[-1])
-        pre_activation = self.attention.grid_pooled(block, cache["attended"], affinity, kept, cache)
-        return aggregator.activate_(pre_activation.add_(cache[("own_part", block)]))
+        return cache[("own_part", block)]
 
     def importance_scores(self, users: torch.Tensor, relations: torch.Tensor) -> torch.Tensor:
         """KAISG's importance ``s(u, r) = sigmoid(e_u · e_r)`` from the current tables.

@@ -61,9 +61,10 @@ class GatedAggregator(nn.Module):
         dim = self.linear.weight.shape[0]
         return weight[:, :dim], weight[:, dim:], torch.cat([self.linear.bias, self.gate.bias])
 
-    def activate_(self, pre_activation: torch.Tensor) -> torch.Tensor:
-        """``(xW + b) ⊗ sigmoid(xV + c)`` from the stacked pre-activation (:meth:`linear_parts`)."""
-        value, gate = pre_activation.chunk(2, dim=-1)
+    def activate_(self, pre_activation: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        """``(xW + b) ⊗ sigmoid(xV + c)`` from the stacked pre-activation (:meth:`linear_parts`),
+        features along ``dim``."""
+        value, gate = pre_activation.chunk(2, dim=dim)
         return value * gate.sigmoid_()
 
 
