@@ -436,10 +436,14 @@ class GridTopK:
         score = score.view(n_users, n_rel).T.to(r.rel.device)  # [n_rel, U]
         group_score = score[groups.rel]  # [G, U]
         # Edges ahead of each group's: those of the groups at its destination scored higher.
-        other_score, my_score = group_score[r.other], group_score[r.mine]  # [P, U]
-        higher = (other_score > my_score) * groups.size[r.other, None]
-        ahead = torch.zeros_like(group_score, dtype=torch.long).index_add_(0, r.mine, higher)
-        kept = torch.minimum((self.k - ahead).clamp_(min=0), groups.size[:, None])  # [G, U]
+        # (index_select, not [] indexing: several times faster for these short rows.)
+        other_score = torch.index_select(group_score, 0, r.other)  # [P, U]
+        my_score = torch.index_select(group_score, 0, r.mine)
+        # Counts in float32 (exact below 2^24): its index_add_ is vectorised, int64's is not.
+        size = groups.size.to(torch.float32)
+        higher = (other_score > my_score).to(torch.float32).mul_(size[r.other, None])
+        ahead = torch.zeros_like(group_score, dtype=torch.float32).index_add_(0, r.mine, higher)
+        kept = torch.minimum((self.k - ahead).clamp_(min=0), size[:, None]).long()  # [G, U]
         # Two relations of exactly equal score that meet at a destination (float32 ties are
         # common where the sigmoid saturates): the tie-break by source entity crosses them.
         tied = (other_score == my_score) & (r.other != r.mine)[:, None]  # [P, U]

@@ -210,7 +210,8 @@ class UserRelationAttention(nn.Module):
             if ("prefix", block) not in cache:
                 cache[("prefix", block)] = _group_prefix_sums(h_src[:, 0], src, groups)
             table, zero_row = cache[("prefix", block)]
-            pooled = table[zero_row[:, None] + kept]  # [G, U, d]: sum of each user's kept edges
+            rows = (zero_row[:, None] + kept).flatten()  # index_select: faster than [] here
+            pooled = torch.index_select(table, 0, rows).view(*kept.shape, table.shape[1])
             logits = logits.add_(kept.to(logits.dtype).log())
             weight = edge_softmax(group_block, logits.unsqueeze(-1))
             # Per edge, not per group: Σ_e a_e h_e = (a_g / c) Σ_kept h_e. 0, not 0/0, where
@@ -255,7 +256,8 @@ class UserRelationAttention(nn.Module):
             return None
         sums = (sums_by_relation @ inputs.exp_()).view(block.num_dst_nodes(), -1, len(inputs.T))
         # A destination without edges: 0 / tiny = 0 (grid_pooled's empty sum), not 0 / 0.
-        return sums[:, :-1].div_(sums[:, -1:].clamp_(min=1e-30))
+        # A new tensor, not an in-place view: the activation then runs over contiguous rows.
+        return torch.div(sums[:, :-1], sums[:, -1:].clamp_(min=1e-30))
 
 
 def _relation_sums(block: dgl.DGLGraph, h_src: torch.Tensor, cache: dict) -> tuple:
