@@ -209,16 +209,12 @@ class UserRelationAttention(nn.Module):
                 raise ValueError("kept counts need the ranking's shared first-layer sources")
             if ("prefix", block) not in cache:
                 cache[("prefix", block)] = _group_prefix_sums(h_src[:, 0], src, groups)
-            table, zero_row = cache[("prefix", block)]
-            rows = (zero_row[:, None] + kept).flatten()  # index_select: faster than [] here
-            pooled = torch.index_select(table, 0, rows).view(*kept.shape, table.shape[1])
             logits = logits.add_(kept.to(logits.dtype).log())
-            weight = edge_softmax(group_block, logits.unsqueeze(-1))
+            weight = edge_softmax(group_block, logits.unsqueeze(-1))[..., 0]  # [G, U]
             # Per edge, not per group: Σ_e a_e h_e = (a_g / c) Σ_kept h_e. 0, not 0/0, where
             # a user keeps no edge of the group (its logit is -inf).
-            weight = weight.div_(kept.clamp(min=1).unsqueeze(-1)).masked_fill_(
-                (kept == 0).unsqueeze(-1), 0.0
-            )
+            weight = weight.div_(kept.clamp(min=1)).masked_fill_(kept == 0, 0.0)
+            return _weighted_prefix_sums(block, groups, kept, weight, cache)
         with group_block.local_scope():
             group_block.edata["a"] = weight  # [G, U, 1]
             group_block.srcdata["h"] = pooled
@@ -254,10 +250,56 @@ class UserRelationAttention(nn.Module):
         inputs = inputs - inputs.amax(0)
         if len(inputs) and float(inputs.amin()) < -BY_RELATION_MAX_SPREAD:
             return None
-        sums = (sums_by_relation @ inputs.exp_()).view(block.num_dst_nodes(), -1, len(inputs.T))
+        # Into an empty tensor (beta = 0): `sums_by_relation @ ...` would zero-fill a result
+        # and copy it, twice the product's own time.
+        n_users = affinity.shape[1]
+        out = inputs.new_empty(sums_by_relation.shape[0], n_users)
+        sums = torch.addmm(out, sums_by_relation, inputs.exp_(), beta=0, out=out)
+        sums = sums.view(block.num_dst_nodes(), -1, n_users)
         # A destination without edges: 0 / tiny = 0 (grid_pooled's empty sum), not 0 / 0.
         # A new tensor, not an in-place view: the activation then runs over contiguous rows.
         return torch.div(sums[:, :-1], sums[:, -1:].clamp_(min=1e-30))
+
+
+def _weighted_prefix_sums(
+    block: dgl.DGLGraph, groups, kept: torch.Tensor, weight: torch.Tensor, cache: dict
+) -> torch.Tensor:
+    """``[num_dst, U, m]``: ``Σ_g weight[g, u] · (sum of group g's first kept[g, u] sources)``.
+
+    The prefix sums are the ranking's (``cache[("prefix", block)]``,
+    :func:`_group_prefix_sums`). One sparse ``[num_dst U, rows]`` by dense ``[rows, m]``
+    product, its row ``(v, u)`` holding one entry per group at ``v``: gathering the
+    ``[G, U, m]`` prefix sums and summing them by destination moves several times as
+    much memory.
+    """
+    table, zero_row = cache[("prefix", block)]
+    n_dst, n_users = block.num_dst_nodes(), kept.shape[1]
+    if ("prefix_layout", block) not in cache:
+        at_dst = torch.bincount(groups.dst, minlength=n_dst)  # groups per destination
+        first = torch.cumsum(at_dst, 0) - at_dst
+        offset = first[groups.dst]  # [G] the destination's first group
+        cache[("prefix_layout", block)] = (
+            at_dst,
+            offset,
+            at_dst[groups.dst],
+            torch.arange(len(offset), device=offset.device) - offset,
+        )
+    at_dst, offset, width, rank = cache[("prefix_layout", block)]
+    # Entry of (g, u): after the rows of earlier destinations and of v's earlier users.
+    user = torch.arange(n_users, device=kept.device)
+    entry = ((offset * n_users + rank)[:, None] + user * width[:, None]).flatten()
+    columns = torch.empty(entry.numel(), dtype=torch.long, device=kept.device)
+    columns[entry] = (zero_row[:, None] + kept).flatten()
+    values = weight.new_empty(entry.numel())
+    values[entry] = weight.flatten()
+    row_ends = torch.cumsum(at_dst.repeat_interleave(n_users), 0)
+    rows = torch.cat([row_ends.new_zeros(1), row_ends])
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": used as documented
+        warnings.simplefilter("ignore", UserWarning)
+        matrix = torch.sparse_csr_tensor(rows, columns, values, (n_dst * n_users, len(table)))
+    # Into an empty tensor (beta = 0): `matrix @ table` would zero-fill a result and copy it.
+    out = table.new_empty(n_dst * n_users, table.shape[1])
+    return torch.addmm(out, matrix, table, beta=0, out=out).view(n_dst, n_users, -1)
 
 
 def _relation_sums(block: dgl.DGLGraph, h_src: torch.Tensor, cache: dict) -> tuple:
