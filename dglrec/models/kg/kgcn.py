@@ -636,17 +636,22 @@ class KGCN(nn.Module):
     ) -> torch.Tensor:
         """``[num_dst, U, d]``: the first layer of a grid with more (``h``: ``[N, 1, d]``).
 
-        Every destination as if it kept all its edges (one pooled pass); then the
-        destinations an importance top-K may prune (more in-edges than K) again, from
-        each user's kept counts. Rows are not split further: a deeper layer needs all
+        Every destination as if it kept all its edges (by relation, or one pooled pass);
+        then the destinations an importance top-K may prune (more in-edges than K) again,
+        from each user's kept counts. Rows are not split further: a deeper layer needs all
         of them as ``[num_dst, U, d]``, and writing the alike ones there costs what
         computing them does.
         """
         cache = {} if cache is None else cache
         aggregator = self.aggregators[0]
-        out = self._grid_first_layer(
-            block, h, slice(0, block.num_dst_nodes()), aggregator, affinity, None, cache
-        )
+        every = slice(0, block.num_dst_nodes())
+        out = None
+        if affinity.shape[1] > 1:
+            out = self._grid_first_layer_by_relation(block, h, every, aggregator, affinity, cache)
+        if out is None:
+            out = self._grid_first_layer(block, h, every, aggregator, affinity, None, cache)
+        else:  # [n, d, U] -> [n, U, d]: the deeper layer's message passing reads rows per user
+            out = out.transpose(1, 2).contiguous()
         if edge_filter is not None:
             if ("prunable", block) not in cache:
                 cache[("prunable", block)] = _sub_blocks(block, (edge_filter.may_prune(block),))
@@ -715,7 +720,7 @@ class KGCN(nn.Module):
         self,
         block: dgl.DGLGraph,
         h: torch.Tensor,
-        dst: torch.Tensor,
+        dst: torch.Tensor | slice,
         aggregator: nn.Module,
         affinity: torch.Tensor,
         cache: dict,
