@@ -40,7 +40,10 @@ linear map is applied to them once, before aggregating, and the edges of one
 importance top-K a user keeps a prefix of each group (ranked by source entity), read
 from per-group prefix sums. With one layer, an item whose neighbours all share one
 relation gets equal attention weights from every user, so its representation is
-computed once and its scores are one matrix product.
+computed once and its scores are one matrix product. Destinations that keep every
+edge aggregate by relation: ``Σ_r e^{π_r} S_{v,r} / Σ_r e^{π_r} c_{v,r}`` (``S_{v,r}``,
+``c_{v,r}``: the sum and count of ``v``'s sources through ``r``), one sparse product
+per pass of users, without a per-edge softmax.
 Subclasses change the pieces (attention, aggregators, the user and entity vectors),
 which both paths share.
 
