@@ -361,6 +361,14 @@ def test_grid_by_relation_sums_like_pooled_edges(attention, offset):
     assert declined == (attention == "kgcn")
     with pytest.raises(ValueError, match="shared first-layer sources"):
         module.grid_by_relation(block, h_src.clone(), affinity, cache)
+    empty = dgl.create_block(
+        (torch.tensor([], dtype=torch.long), torch.tensor([], dtype=torch.long)),
+        num_src_nodes=n_src,
+        num_dst_nodes=n_dst,
+    )
+    empty.srcdata[dgl.NID] = block.srcdata[dgl.NID]
+    empty.edata["rel"] = torch.tensor([], dtype=torch.long)
+    assert module.grid_by_relation(empty, h_src, affinity, cache) is None  # pooled: zeros
 
 
 def test_kept_counts_pool_like_keep_masks():

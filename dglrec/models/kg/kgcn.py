@@ -241,17 +241,19 @@ class UserRelationAttention(nn.Module):
         ``μ`` the user's largest ``s_r``: one sparse ``[num_dst (m + 1), R']`` by dense
         ``[R', U]`` product over the ``R'`` relations the block has, the sparse ``[S; c]``
         matrix built once per ranking; no per-edge softmax. ``None`` (use
-        :meth:`grid_pooled`) where a user's inputs spread more than
-        :data:`BY_RELATION_MAX_SPREAD`: one shared ``μ`` could underflow a denominator.
+        :meth:`grid_pooled`) where the block has no edges, or a user's inputs spread more
+        than :data:`BY_RELATION_MAX_SPREAD`: one shared ``μ`` could underflow a denominator.
         """
         if h_src is not cache.get("attended"):
             raise ValueError("grid_by_relation needs the ranking's shared first-layer sources")
         if ("by_relation", block) not in cache:
             cache[("by_relation", block)] = _relation_sums(block, h_src[:, 0], cache)
         relations, sums_by_relation = cache[("by_relation", block)]
+        if not len(relations):  # no edges: no maximum to take; the pooled path's empty sums
+            return None
         inputs = self.logit(affinity[relations])  # [R', U]
         inputs = inputs - inputs.amax(0)
-        if len(inputs) and float(inputs.amin()) < -BY_RELATION_MAX_SPREAD:
+        if float(inputs.amin()) < -BY_RELATION_MAX_SPREAD:
             return None
         # Into an empty tensor (beta = 0): `sums_by_relation @ ...` would zero-fill a result
         # and copy it, twice the product's own time.
