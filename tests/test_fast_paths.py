@@ -408,6 +408,63 @@ def test_kept_counts_pool_like_keep_masks():
             attention.grid_pooled(block, h_src.clone(), affinity, kept, cache)
 
 
+def test_deeper_layer_grids_match_the_masked_edge_softmax():
+    """Per-user sources (a deeper layer): pooled groups and gathered top-K edges.
+
+    ``grid`` without masks pools each (destination, relation) group with one unweighted
+    pass; ``grid_kept`` gathers the ``k`` edges a top-K keeps. Both against the per-edge
+    softmax of masked logits, computed here from the definition; ``grid_kept`` declines
+    (``None``) where (destination, user) counts differ.
+    """
+    from dglrec.models.kg import kgcn
+    from dglrec.models.kg.kaisg import ImportanceAttention
+
+    g = torch.Generator().manual_seed(5)
+    n_src, n_dst, n_rel, n_users, k = 14, 5, 4, 3, 2
+    dst = torch.randperm(30, generator=g) % n_dst  # 6 edges per destination, mixed order
+    block = dgl.create_block(
+        (torch.randint(0, n_src, (30,), generator=g), dst), num_src_nodes=n_src, num_dst_nodes=n_dst
+    )
+    block.srcdata[dgl.NID] = torch.arange(n_src)
+    block.edata["rel"] = torch.randint(0, n_rel, (30,), generator=g)
+    src = block.edges(order="eid")[0]
+    # k edges kept per (destination, user), picked at random.
+    noise = torch.rand(30, n_users, generator=g)
+    keep = torch.zeros(30, n_users, dtype=torch.bool)
+    for v in range(n_dst):
+        at = torch.nonzero(dst == v)[:, 0]
+        keep[at[noise[at].argsort(0)[:k]], torch.arange(n_users)] = True
+    for attention in (kgcn.UserRelationAttention(), ImportanceAttention()):
+        h_src = torch.randn(n_src, n_users, 4, generator=g)
+        affinity = 2 * torch.randn(n_rel, n_users, generator=g)
+        logits = attention.logit(affinity[block.edata["rel"]])  # [E, U]
+        for mask in (torch.ones_like(keep), keep):
+            expected = torch.zeros(n_dst, n_users, 4)
+            for v in range(n_dst):
+                for u in range(n_users):
+                    edges = torch.nonzero((dst == v) & mask[:, u])[:, 0]
+                    weight = torch.softmax(logits[edges, u], 0)
+                    expected[v, u] = weight @ h_src[src[edges], u]
+            got = (
+                attention.grid(block, h_src, affinity, cache={})
+                if mask is not keep
+                else attention.grid_kept(block, h_src, affinity, keep, {})
+            )
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        uneven = keep.clone()
+        uneven[torch.nonzero(~keep[:, 0])[0, 0], 0] = True  # one destination keeps k + 1
+        assert attention.grid_kept(block, h_src, affinity, uneven, {}) is None
+
+
+def test_grid_tanh_matches_torch_tanh():
+    """The grid's in-place tanh (2 sigmoid(2x) - 1) against torch.tanh, saturation included."""
+    from dglrec.models.kg.kgcn import tanh_
+
+    x = torch.cat([torch.linspace(-60, 60, 100_001), torch.randn(10_000), torch.zeros(1)])
+    torch.testing.assert_close(tanh_(x.clone()), torch.tanh(x), atol=3e-7, rtol=0)
+    assert tanh_(torch.tensor([-1e4, 1e4])).tolist() == [-1.0, 1.0]
+
+
 def test_grid_top_k_matches_per_group_top_k():
     """GridTopK against top_k_per_group on one block: every (user, destination), K = 1..4."""
     g = torch.Generator().manual_seed(0)

@@ -55,6 +55,10 @@ class GatedAggregator(nn.Module):
         x = torch.cat([h_dst, neighborhood], dim=-1)
         return self.linear(x) * torch.sigmoid(self.gate(x))
 
+    def grid_forward(self, h_dst: torch.Tensor, neighborhood: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` for the grid (``KGCNAggregator.grid_forward``): the same here."""
+        return self.forward(h_dst, neighborhood)
+
     def linear_parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(W_v, W_N, b)`` of both halves stacked: pre-activation ``[xW + b ‖ xV + c]``."""
         weight = torch.cat([self.linear.weight, self.gate.weight])  # [2d, 2d]
