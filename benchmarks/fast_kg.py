@@ -13,7 +13,9 @@ it: ``evaluate_ranking`` over ``trainer.score_pairs``, chunks of
 repeats of each worker's median epoch, its ranking seconds and its peak RSS
 (``ru_maxrss``), and the ranking metrics of the first repeat (old and new must agree).
 With ``--rankings N`` each worker ranks N times and the table adds the median of the
-fastest of them: warm caches, less noise when the trees differ by little.
+fastest of them: warm caches, less noise when the trees differ by little. Workers of
+both trees run with the allocator settings ``dglrec`` gives itself
+(``dglrec.runs.allocator``, as environment variables; ``--malloc default`` for glibc's).
 
 Usage::
 
@@ -89,8 +91,15 @@ def worker(
     return out
 
 
+# What `dglrec` sets for itself (dglrec.runs.allocator), as environment variables so that
+# a tree without that module runs under the same allocator.
+KEPT_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "2147483647"}
+
+
 def run_cell(root: str, spec: str, args) -> dict:
     env = dict(os.environ, PYTHONPATH=str(Path(root).resolve()), OMP_NUM_THREADS=str(args.threads))
+    if args.malloc == "kept":
+        env.update(KEPT_FREED_MEMORY)
     cmd = [sys.executable, __file__, "--worker", root, spec, "--epochs", str(args.epochs)]
     cmd += ["--threads", str(args.threads), "--rank-users", str(args.rank_users)]
     cmd += ["--rankings", str(args.rankings)]
@@ -120,6 +129,13 @@ def main() -> None:
         type=int,
         default=1,
         help="rank N times per worker; N > 1 adds the fastest of them beside the first",
+    )
+    parser.add_argument(
+        "--malloc",
+        choices=("kept", "default"),
+        default="kept",
+        help="kept: both trees' workers keep freed memory for reuse, as `dglrec` does "
+        "(dglrec.runs.allocator); default: glibc's own thresholds",
     )
     parser.add_argument("--worker", nargs=2, metavar=("ROOT", "SPEC"))
     parser.add_argument("--out", type=Path)

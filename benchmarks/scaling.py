@@ -49,6 +49,9 @@ def worker(
     torch.set_num_threads(threads)
     from dglrec.evaluation.ranking import evaluate_ranking
     from dglrec.runs import pipeline
+    from dglrec.runs.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as `dglrec fit` runs
     from dglrec.runs.recipes import load_recipe
 
     overrides = [f"data.name={name}", f"data.raw_dir={raw}", "model.init=random"]

@@ -8,6 +8,7 @@ import sys
 import click
 
 from dglrec.errors import USER_ERRORS
+from dglrec.runs.allocator import keep_freed_memory
 
 
 def _echo(message: str) -> None:
@@ -45,6 +46,8 @@ def main() -> None:
       dglrec submit recipes/kaisg.toml --seeds 5 --time 02:00:00   # Slurm job array
       dglrec jobs                                # state of submitted jobs
     """
+    # Every command, and every process a command starts, runs through here.
+    keep_freed_memory()
 
 
 @main.command()

@@ -255,6 +255,17 @@ def test_grid_scores_like_pairs_with_every_aggregator(
     assert_grid_equals_pairs(trainer, monkeypatch)
 
 
+@pytest.mark.parametrize("n_layers", [1, 2])
+@pytest.mark.parametrize("model", ["kgcn", "mgwa"])
+def test_grid_scores_like_pairs_in_small_chunks(tiny_raw, isolated, monkeypatch, model, n_layers):
+    """The first layer by relation, finished a few destinations at a time (MGWA: a gate)."""
+    from dglrec.models.kg import kgcn
+
+    monkeypatch.setattr(kgcn, "BY_RELATION_CHUNK_FLOATS", 64)
+    trainer = build_trainer(tiny_raw, model, n_layers, "full")
+    assert_grid_equals_pairs(trainer, monkeypatch)
+
+
 def test_destinations_split_by_relation_count():
     """One relation (or none) at a destination: scored once for all users; two or more: per user."""
     from dglrec.models.kg import kgcn
@@ -329,11 +340,15 @@ def test_relation_groups_are_built_once_per_ranking(monkeypatch):
 
 @pytest.mark.parametrize("attention", ["kgcn", "kaisg"])
 @pytest.mark.parametrize("offset", [0.0, 100.0])
-def test_grid_by_relation_sums_like_pooled_edges(attention, offset):
+@pytest.mark.parametrize("chunk_floats", [1 << 20, 60])
+def test_grid_by_relation_sums_like_pooled_edges(monkeypatch, attention, offset, chunk_floats):
     """One product over relations = the per-group softmax, every edge kept, for any users;
-    softmax inputs near 100 (e^100 overflows float32) need the user's maximum out."""
+    softmax inputs near 100 (e^100 overflows float32) need the user's maximum out.
+    In one chunk, and in chunks of two destinations (60 floats, width 5, 6 users)."""
     from dglrec.models.kg import kgcn
     from dglrec.models.kg.kaisg import ImportanceAttention
+
+    monkeypatch.setattr(kgcn, "BY_RELATION_CHUNK_FLOATS", chunk_floats)
 
     g = torch.Generator().manual_seed(3)
     n_src, n_dst, n_rel, n_users, n_edges = 12, 7, 5, 6, 30
@@ -349,7 +364,14 @@ def test_grid_by_relation_sums_like_pooled_edges(attention, offset):
     h_src = torch.randn(n_src, 1, 4, generator=g)
     affinity = offset + 3 * torch.randn(n_rel, n_users, generator=g)
     cache = {"attended": h_src}
-    by_relation = module.grid_by_relation(block, h_src, affinity, cache)
+    chunks = [
+        (start, stop, part.clone())
+        for start, stop, part in module.grid_by_relation(block, h_src, affinity, cache)
+    ]
+    size = n_dst if chunk_floats > 1000 else 2
+    expected_bounds = [(start, min(n_dst, start + size)) for start in range(0, n_dst, size)]
+    assert [(start, stop) for start, stop, _ in chunks] == expected_bounds
+    by_relation = torch.cat([part for _, _, part in chunks])
     assert by_relation.shape == (n_dst, 4, n_users)
     expected = module.grid_pooled(block, h_src, affinity, cache=cache)
     torch.testing.assert_close(by_relation.transpose(1, 2), expected, atol=1e-6, rtol=1e-5)
