@@ -476,6 +476,15 @@ def test_deeper_layer_grids_match_the_masked_edge_softmax():
         uneven = keep.clone()
         uneven[torch.nonzero(~keep[:, 0])[0, 0], 0] = True  # one destination keeps k + 1
         assert attention.grid_kept(block, h_src, affinity, uneven, {}) is None
+        # Destinations without in-edges only (a sub-block of them): empty sums, no groups.
+        empty = dgl.create_block(
+            (torch.tensor([], dtype=torch.long), torch.tensor([], dtype=torch.long)),
+            num_src_nodes=n_src,
+            num_dst_nodes=2,
+        )
+        empty.srcdata[dgl.NID] = block.srcdata[dgl.NID]
+        empty.edata["rel"] = torch.tensor([], dtype=torch.long)
+        assert not attention.grid(empty, h_src, affinity, cache={}).any()
 
 
 def test_grid_tanh_matches_torch_tanh():

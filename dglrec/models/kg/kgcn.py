@@ -390,7 +390,7 @@ def _group_sums(block: dgl.DGLGraph, h_src: torch.Tensor, cache: dict) -> torch.
     with members.local_scope():
         members.srcdata["h"] = h_src.reshape(len(h_src), -1)
         members.update_all(fn.copy_u("h", "m"), fn.sum("m", "s"))
-        return members.dstdata["s"].view(-1, *h_src.shape[1:])
+        return members.dstdata["s"].view(members.num_dst_nodes(), *h_src.shape[1:])
 
 
 def _weighted_prefix_sums(
