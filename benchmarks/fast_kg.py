@@ -91,15 +91,14 @@ def worker(
     return out
 
 
-# What `dglrec` sets for itself (dglrec.runs.allocator), as environment variables so that
-# a tree without that module runs under the same allocator.
-KEPT_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "2147483647"}
-
-
 def run_cell(root: str, spec: str, args) -> dict:
     env = dict(os.environ, PYTHONPATH=str(Path(root).resolve()), OMP_NUM_THREADS=str(args.threads))
     if args.malloc == "kept":
-        env.update(KEPT_FREED_MEMORY)
+        # What `dglrec` sets for itself, as environment variables, so that a tree without
+        # dglrec.runs.allocator runs under the same allocator.
+        from dglrec.runs.allocator import ENVIRONMENT
+
+        env.update(ENVIRONMENT)
     cmd = [sys.executable, __file__, "--worker", root, spec, "--epochs", str(args.epochs)]
     cmd += ["--threads", str(args.threads), "--rank-users", str(args.rank_users)]
     cmd += ["--rankings", str(args.rankings)]

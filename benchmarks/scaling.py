@@ -50,9 +50,9 @@ def worker(
     from dglrec.evaluation.ranking import evaluate_ranking
     from dglrec.runs import pipeline
     from dglrec.runs.allocator import keep_freed_memory
+    from dglrec.runs.recipes import load_recipe
 
     keep_freed_memory()  # as `dglrec fit` runs
-    from dglrec.runs.recipes import load_recipe
 
     overrides = [f"data.name={name}", f"data.raw_dir={raw}", "model.init=random"]
     cfg = load_recipe(REPO / "recipes" / f"{model}.toml", overrides, seed=1)

@@ -9,13 +9,12 @@ KiB. On Last.FM a two-hop KGCN ranking took up to 500k faults and twice its time
 let the heap keep what a pass freed for the next one; peak RSS, what the machine must
 hold, does not change. The command line applies them (:func:`keep_freed_memory`) to
 every process it starts; a library user may call it, or set the equivalent
-``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` before Python starts.
+:data:`ENVIRONMENT` variables before Python starts.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 # mallopt(3) parameters (glibc malloc.h).
@@ -23,6 +22,11 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 << 20  # glibc's largest (HEAP_MAX_SIZE / 2 on 64-bit)
 TRIM_THRESHOLD = (1 << 31) - 1  # mallopt takes an int
+# The same settings for a process not yet started (glibc reads them at its first malloc).
+ENVIRONMENT = {
+    "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
+    "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD),
+}
 
 
 def keep_freed_memory() -> bool:
@@ -30,9 +34,9 @@ def keep_freed_memory() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # no libc to load, or one without mallopt (musl)
+        # glibc's soname; find_library would run `ldconfig -p` at every command's start.
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc (musl's is libc.so), or no mallopt
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int

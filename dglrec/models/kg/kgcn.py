@@ -160,14 +160,11 @@ class UserRelationAttention(nn.Module):
         """
         if keep is None:
             return self.grid_pooled(block, h_src, affinity, cache=cache)
-        logits = self.logit(affinity[block.edata["rel"]])  # [E, U]
-        if keep is not None:
-            logits = logits.masked_fill(~keep, -math.inf)
+        logits = self.logit(affinity[block.edata["rel"]]).masked_fill(~keep, -math.inf)  # [E, U]
         with block.local_scope():
             a = edge_softmax(block, logits.unsqueeze(-1))  # [E, U, 1], per destination and user
-            if keep is not None:  # 0, not 0/0, where a destination keeps none of its edges
-                a = a.masked_fill(~keep.unsqueeze(-1), 0.0)
-            block.edata["a"] = a
+            # 0, not 0/0, where a destination keeps none of its edges.
+            block.edata["a"] = a.masked_fill(~keep.unsqueeze(-1), 0.0)
             block.srcdata["h"] = h_src
             block.update_all(fn.u_mul_e("h", "a", "m"), fn.sum("m", "n"))
             return block.dstdata["n"]
