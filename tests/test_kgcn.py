@@ -96,3 +96,74 @@ def test_kgcn_rejects_wrong_block_count():
 def test_unknown_aggregator_is_rejected():
     with pytest.raises(ValueError, match="aggregator"):
         KGCN(n_users=2, n_entities=3, n_relations=1, aggregator="max")
+
+
+def _random_block(seed: int) -> dgl.DGLGraph:
+    """A block with destinations of 0–5 in-edges, edges in no particular order."""
+    generator = torch.Generator().manual_seed(seed)
+    n_src, n_dst = 9, 6
+    degree = torch.tensor([3, 0, 5, 1, 2, 0])
+    dst = torch.repeat_interleave(torch.arange(n_dst), degree)
+    dst = dst[torch.randperm(len(dst), generator=generator)]
+    src = torch.randint(0, n_src, (len(dst),), generator=generator)
+    return dgl.create_block((src, dst), num_src_nodes=n_src, num_dst_nodes=n_dst)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_scatter_softmax_and_sum_match_dgl(seed):
+    """softmax_by_destination / sum_by_destination against DGL's edge_softmax and update_all,
+    values and gradients (large scores included: the per-destination maximum must hold)."""
+    import dgl.function as fn
+    from dgl.nn.functional import edge_softmax
+
+    from dglrec.models.kg.kgcn import softmax_by_destination, sum_by_destination
+
+    block = _random_block(seed)
+    src, dst = block.edges()
+    generator = torch.Generator().manual_seed(seed)
+    scores = (torch.randn(block.num_edges(), generator=generator) * 40).requires_grad_()
+    h = torch.randn(block.num_src_nodes(), 4, generator=generator).requires_grad_()
+    upstream = torch.randn(block.num_dst_nodes(), 4, generator=generator)
+
+    ours = sum_by_destination(
+        softmax_by_destination(scores, dst, block.num_dst_nodes()).unsqueeze(-1) * h[src],
+        dst,
+        block.num_dst_nodes(),
+    )
+    grads = torch.autograd.grad((ours * upstream).sum(), [scores, h])
+    with block.local_scope():
+        block.edata["a"] = edge_softmax(block, scores).unsqueeze(-1)
+        block.srcdata["h"] = h
+        block.update_all(fn.u_mul_e("h", "a", "m"), fn.sum("m", "n"))
+        theirs = block.dstdata["n"]
+    expected = torch.autograd.grad((theirs * upstream).sum(), [scores, h])
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    assert torch.equal(ours[block.in_degrees() == 0], torch.zeros(2, 4))
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    # Each destination's weights sum to 1.
+    weights = softmax_by_destination(scores.detach(), dst, block.num_dst_nodes())
+    sums = torch.zeros(block.num_dst_nodes()).index_add_(0, dst, weights)
+    torch.testing.assert_close(sums[block.in_degrees() > 0], torch.ones(4))
+
+
+def test_half_sq_gradient_is_autograds_bit_for_bit():
+    """half_sq's own backward against autograd through x.pow(2).sum() / 2: the same bits
+    (what keeps a fit's trajectory unchanged), on leaves and on looked-up rows."""
+    from dglrec.models.base import half_sq
+
+    generator = torch.Generator().manual_seed(0)
+    table = torch.randn(50, 8, generator=generator).requires_grad_()
+    matrix = torch.randn(8, 8, generator=generator).requires_grad_()
+    rows = torch.tensor([3, 3, 7, 49])
+    constant = torch.randn(5, generator=generator)  # needs no gradient
+    for l2 in (1e-4, 3e-7, 0.37):
+        got = torch.autograd.grad(l2 * half_sq(table, matrix[rows % 8], constant), [table, matrix])
+        reference = (table.pow(2).sum() + matrix[rows % 8].pow(2).sum() + constant.pow(2).sum()) / 2
+        want = torch.autograd.grad(l2 * reference, [table, matrix])
+        for a, b in zip(got, want, strict=True):
+            assert torch.equal(a, b)
+        torch.testing.assert_close(
+            half_sq(table, constant), (table.pow(2).sum() + constant.pow(2).sum()) / 2
+        )
+    assert half_sq().item() == 0.0

@@ -39,13 +39,11 @@ from __future__ import annotations
 from typing import Literal
 
 import dgl
-import dgl.function as fn
 import torch
 import torch.nn.functional as F
-from dgl.nn.functional import edge_softmax
 
 from dglrec.models.base import ScoreOutput, TrainingTensors
-from dglrec.models.kg.kgcn import KGCN
+from dglrec.models.kg.kgcn import KGCN, sum_by_destination
 from dglrec.models.registry import register_model
 
 UNLABELLED = 0.5
@@ -117,12 +115,11 @@ class KGNNLS(KGCN):
         for depth, block in enumerate(blocks):
             user = self.user_emb(block.dstdata["user"])
             rel = self.relation_emb(block.edata["rel"])
-            with block.local_scope():
-                block.edata["a"] = edge_softmax(block, self.attention.edge_scores(block, user, rel))
-                block.srcdata["l"] = labels
-                block.update_all(fn.u_mul_e("l", "a", "m"), fn.sum("m", "l"))
-                propagated = block.dstdata["l"]
-                has_neighbours = block.in_degrees() > 0
+            src, dst, weights = self.attention.edge_weights(block, user, rel)
+            n_dst = block.num_dst_nodes()
+            propagated = sum_by_destination(weights * labels[src], dst, n_dst)
+            has_neighbours = torch.zeros(n_dst, dtype=torch.bool, device=dst.device)
+            has_neighbours[dst] = True
             propagated = torch.where(has_neighbours, propagated, UNLABELLED)
             if depth < len(blocks) - 1:  # reset labelled entities (not the held-out targets)
                 initial, known = self._initial_labels(

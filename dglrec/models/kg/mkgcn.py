@@ -67,7 +67,6 @@ from typing import Literal
 
 import dgl
 import torch
-from dgl.nn.functional import edge_softmax
 from torch import nn
 
 from dglrec.models.base import ScoreOutput, TrainingTensors, half_sq
@@ -358,4 +357,4 @@ class MKGCN(KGCN):
         """``[E]`` first-hop attention ``π̃`` of each edge of a user block, with ``u`` aggregated."""
         (user,) = self._block_users([block])
         rel = self.relation_emb(block.edata["rel"])
-        return edge_softmax(block, self.attention.edge_scores(block, user, rel))
+        return self.attention.edge_weights(block, user, rel)[2]
