@@ -121,7 +121,8 @@ def test_scatter_softmax_and_sum_match_dgl(seed):
     block = _random_block(seed)
     src, dst = block.edges()
     generator = torch.Generator().manual_seed(seed)
-    scores = (torch.randn(block.num_edges(), generator=generator) * 40).requires_grad_()
+    # Offset past exp's float32 range (e^89): only the per-destination maximum keeps it finite.
+    scores = (torch.randn(block.num_edges(), generator=generator) * 40 + 150).requires_grad_()
     h = torch.randn(block.num_src_nodes(), 4, generator=generator).requires_grad_()
     upstream = torch.randn(block.num_dst_nodes(), 4, generator=generator)
 
