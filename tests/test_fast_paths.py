@@ -23,6 +23,7 @@ sampler no longer depends on the batch size, and training does not depend on sco
 """
 
 import copy
+import math
 
 import dgl
 import pytest
@@ -330,7 +331,7 @@ def test_relation_groups_are_built_once_per_ranking(monkeypatch):
     build = kgcn._relation_groups
     monkeypatch.setattr(kgcn, "_relation_groups", lambda *a: built.append(1) or build(*a))
     attention, affinity = kgcn.UserRelationAttention(), torch.randn(2, 3)
-    h_src, cache = torch.randn(4, 1, 5), {}
+    h_src, cache = torch.randn(4, 5, 1), {}
     first = attention.grid(block, h_src, affinity, cache=cache)
     again = attention.grid(block, h_src, affinity, cache=cache)
     assert len(built) == 1 and torch.equal(first, again)
@@ -361,7 +362,7 @@ def test_grid_by_relation_sums_like_pooled_edges(monkeypatch, attention, offset,
     block.srcdata[dgl.NID] = torch.randperm(n_src, generator=g)
     block.edata["rel"] = torch.randint(1, n_rel, (n_edges,), generator=g)  # relation 0: none
     module = kgcn.UserRelationAttention() if attention == "kgcn" else ImportanceAttention()
-    h_src = torch.randn(n_src, 1, 4, generator=g)
+    h_src = torch.randn(n_src, 4, 1, generator=g)
     affinity = offset + 3 * torch.randn(n_rel, n_users, generator=g)
     cache = {"attended": h_src}
     chunks = [
@@ -374,8 +375,13 @@ def test_grid_by_relation_sums_like_pooled_edges(monkeypatch, attention, offset,
     by_relation = torch.cat([part for _, _, part in chunks])
     assert by_relation.shape == (n_dst, 4, n_users)
     expected = module.grid_pooled(block, h_src, affinity, cache=cache)
-    torch.testing.assert_close(by_relation.transpose(1, 2), expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(by_relation, expected, atol=1e-6, rtol=1e-5)
     assert by_relation[-1].abs().sum() == 0  # no edges: an empty sum
+    # Into a result: each chunk is its slice of it, and together they fill it.
+    out = torch.full((n_dst, 4, n_users), math.nan)
+    for start, stop, part in module.grid_by_relation(block, h_src, affinity, cache, out):
+        assert part.data_ptr() == out[start:stop].data_ptr()
+    assert torch.equal(out, by_relation)
     # Inputs spread too far for one shared maximum (KGCN's are unbounded): None, pooled instead.
     spread = affinity.clone()
     spread[1] -= 60
@@ -421,22 +427,22 @@ def test_kept_counts_pool_like_keep_masks():
     keep = groups.position[:, None] < kept[groups.group]  # [E, U]
     assert (keep.sum(0) < n_edges).all() and (kept == 0).any()
     for attention in (kgcn.UserRelationAttention(), ImportanceAttention()):
-        h_src, affinity = torch.randn(n_src, 1, 4, generator=g), torch.randn(n_rel, n_users)
+        h_src, affinity = torch.randn(n_src, 4, 1, generator=g), torch.randn(n_rel, n_users)
         cache = {"attended": h_src}
         got = attention.grid_pooled(block, h_src, affinity, kept, cache)
-        expected = attention.grid(block, h_src.expand(-1, n_users, -1), affinity, keep)
+        expected = attention.grid(block, h_src.expand(-1, -1, n_users), affinity, keep)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
         with pytest.raises(ValueError, match="shared first-layer sources"):
             attention.grid_pooled(block, h_src.clone(), affinity, kept, cache)
 
 
-def test_deeper_layer_grids_match_the_masked_edge_softmax():
-    """Per-user sources (a deeper layer): pooled groups and gathered top-K edges.
+def test_deeper_layer_grids_match_the_masked_edge_softmax(monkeypatch):
+    """Per-user sources (a deeper layer, ``[N, d, U]``): pooled groups and keep masks.
 
-    ``grid`` without masks pools each (destination, relation) group with one unweighted
-    pass; ``grid_kept`` gathers the ``k`` edges a top-K keeps. Both against the per-edge
-    softmax of masked logits, computed here from the definition; ``grid_kept`` declines
-    (``None``) where (destination, user) counts differ.
+    ``grid`` without masks pools each (destination, relation) group (sparse sums, in
+    chunks of destinations: one chunk, and chunks of one or two destinations); with the
+    ``k`` edges a top-K keeps per (destination, user), a masked per-edge softmax. Both
+    against the per-edge softmax of masked logits, computed here from the definition.
     """
     from dglrec.models.kg import kgcn
     from dglrec.models.kg.kaisg import ImportanceAttention
@@ -457,25 +463,28 @@ def test_deeper_layer_grids_match_the_masked_edge_softmax():
         at = torch.nonzero(dst == v)[:, 0]
         keep[at[noise[at].argsort(0)[:k]], torch.arange(n_users)] = True
     for attention in (kgcn.UserRelationAttention(), ImportanceAttention()):
-        h_src = torch.randn(n_src, n_users, 4, generator=g)
+        h_src = torch.randn(n_src, 4, n_users, generator=g)  # [N, d, U]: users last
         affinity = 2 * torch.randn(n_rel, n_users, generator=g)
         logits = attention.logit(affinity[block.edata["rel"]])  # [E, U]
         for mask in (torch.ones_like(keep), keep):
-            expected = torch.zeros(n_dst, n_users, 4)
+            expected = torch.zeros(n_dst, 4, n_users)
             for v in range(n_dst):
                 for u in range(n_users):
                     edges = torch.nonzero((dst == v) & mask[:, u])[:, 0]
                     weight = torch.softmax(logits[edges, u], 0)
-                    expected[v, u] = weight @ h_src[src[edges], u]
-            got = (
-                attention.grid(block, h_src, affinity, cache={})
-                if mask is not keep
-                else attention.grid_kept(block, h_src, affinity, keep, {})
-            )
+                    expected[v, :, u] = weight @ h_src[src[edges], :, u]
+            got = attention.grid(block, h_src, affinity, None if mask is not keep else keep, {})
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
-        uneven = keep.clone()
-        uneven[torch.nonzero(~keep[:, 0])[0, 0], 0] = True  # one destination keeps k + 1
-        assert attention.grid_kept(block, h_src, affinity, uneven, {}) is None
+            if mask is not keep:  # chunks of about two groups (4 × 3 floats each)
+                monkeypatch.setattr(kgcn, "BY_RELATION_CHUNK_FLOATS", 24)
+                cache = {}
+                chunked = attention.grid(block, h_src, affinity, cache=cache)
+                monkeypatch.undo()
+                torch.testing.assert_close(chunked, expected, rtol=1e-5, atol=1e-6)
+                bounds = [chunk[:2] for chunk in cache[("group_chunks", block, 2)]]
+                assert len(bounds) > 2 and bounds[0][0] == 0 and bounds[-1][1] == n_dst
+                ends, starts = [stop for _, stop in bounds[:-1]], [start for start, _ in bounds[1:]]
+                assert ends == starts  # consecutive, every destination once
         # Destinations without in-edges only (a sub-block of them): empty sums, no groups.
         empty = dgl.create_block(
             (torch.tensor([], dtype=torch.long), torch.tensor([], dtype=torch.long)),

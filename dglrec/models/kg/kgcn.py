@@ -32,23 +32,25 @@ destination state over the block's edge lists (:func:`softmax_by_destination`, D
 
 To score ``U`` users against many items at once (the full ranking),
 :meth:`KGCN.score_grid` runs the same layers on ordinary (unconditioned) blocks with
-the users as a batch dimension, as DGL's multi-head layers carry heads: node states
-``[N, U, d]``, edge scores ``π^u_r`` ``[E, U]`` from one ``[n_relations, U]`` product,
-the softmax per destination and user; an importance top-K sampler supplies ``[E, U]``
-keep masks. The first layer's sources are the same for every user, so the aggregator's
-linear map is applied to them once, before aggregating, and the edges of one
-(destination, relation) group, which share their weight, pool into one: under
-importance top-K a user keeps a prefix of each group (ranked by source entity), read
-from per-group prefix sums. With one layer, an item whose neighbours all share one
-relation gets equal attention weights from every user, so its representation is
-computed once and its scores are one matrix product. Destinations that keep every
-edge aggregate by relation: ``Σ_r e^{π_r} S_{v,r} / Σ_r e^{π_r} c_{v,r}`` (``S_{v,r}``,
-``c_{v,r}``: the sum and count of ``v``'s sources through ``r``), one sparse product
-per pass of users, without a per-edge softmax. A deeper layer, whose sources differ
-per user, sums each group's sources in one unweighted pass and takes the softmax over
-groups, not edges; where an importance top-K keeps ``K`` of a destination's edges, each
-(destination, user) gathers its ``K``. The last layer's ``tanh`` is computed as
-``2 sigmoid(2x) - 1`` there (:func:`tanh_`).
+the users as a batch dimension: node states ``[N, d, U]`` (users last, so the first
+layer's sparse products write them as they come), edge scores ``π^u_r`` ``[E, U]``
+from one ``[n_relations, U]`` product, the softmax per destination and user; an
+importance top-K sampler supplies ``[E, U]`` keep masks. The first layer's sources are
+the same for every user, so the aggregator's linear map is applied to them once,
+before aggregating, and the edges of one (destination, relation) group, which share
+their weight, pool into one: under importance top-K a user keeps a prefix of each
+group (ranked by source entity), read from per-group prefix sums. With one layer, an
+item whose neighbours all share one relation gets equal attention weights from every
+user, so its representation is computed once and its scores are one matrix product.
+Destinations that keep every edge aggregate by relation: ``Σ_r e^{π_r} S_{v,r} / Σ_r
+e^{π_r} c_{v,r}`` (``S_{v,r}``, ``c_{v,r}``: the sum and count of ``v``'s sources
+through ``r``), one sparse product per pass of users, without a per-edge softmax. A
+deeper layer, whose sources differ per user, sums each group's sources with a sparse
+product and takes the softmax over groups, not edges, a chunk of destinations at a
+time, so that the chunk's sums, aggregator and scores stay in the CPU's cache; where
+an importance top-K may prune a destination's edges, a per-edge softmax over each
+user's kept edges. The last layer's ``tanh`` is computed as ``2 sigmoid(2x) - 1``
+there (:func:`tanh_`).
 Subclasses change the pieces (attention, aggregators, the user and entity vectors),
 which both paths share.
 
@@ -93,14 +95,17 @@ BY_RELATION_CHUNK_FLOATS = 1 << 20
 
 
 def softmax_by_destination(scores: torch.Tensor, dst: torch.Tensor, n_dst: int) -> torch.Tensor:
-    """``[E]`` softmax of ``scores`` over the edges of each destination (``dst``: ``[E]``).
+    """``[E, ...]`` softmax of ``scores`` over the edges of each destination (``dst``: ``[E]``),
+    for every trailing index (a grid's users) on its own.
 
     ``exp(s - max) / Σ exp(s - max)`` per destination, as DGL's ``edge_softmax``. The
     maximum only keeps ``exp`` in range and cancels out of the result, so no gradient
     flows through it.
     """
     with torch.no_grad():
-        peak = scores.new_full((n_dst,), -math.inf).scatter_reduce_(0, dst, scores, "amax")
+        index = dst.view(-1, *(1,) * (scores.dim() - 1)).expand_as(scores)
+        peak = scores.new_full((n_dst, *scores.shape[1:]), -math.inf)
+        peak = peak.scatter_reduce_(0, index, scores, "amax")
     exp = torch.exp(scores - peak[dst])
     return exp / sum_by_destination(exp, dst, n_dst)[dst]
 
@@ -170,75 +175,29 @@ class UserRelationAttention(nn.Module):
     ) -> torch.Tensor:
         """:meth:`forward` for ``U`` users at once on an unconditioned block.
 
+        Grid states keep the users last, ``[N, d, U]``: a layer's linear map is then one
+        product per node over contiguous rows, and the first layer's chunks
+        (:meth:`grid_by_relation`) are written as they come, without a transposed copy.
+
         Args:
-            h_src: ``[num_src, U, d]`` (or ``[num_src, 1, d]``, the same for every user).
+            h_src: ``[num_src, d, U]`` (or ``[num_src, d, 1]``, the same for every user).
             affinity: ``[n_relations, U]`` ``e_r · e_u`` of each relation for each user.
             keep: ``[E, U]`` bool, the edges each user keeps (all if ``None``).
             cache: a ranking's cache (see :meth:`KGCN.score_grid`), for :meth:`grid_pooled`.
 
         Returns:
-            ``[num_dst, U, d]``.
+            ``[num_dst, d, U]``.
         """
         if keep is None:
             return self.grid_pooled(block, h_src, affinity, cache=cache)
         logits = self.logit(affinity[block.edata["rel"]]).masked_fill(~keep, -math.inf)  # [E, U]
         with block.local_scope():
-            a = edge_softmax(block, logits.unsqueeze(-1))  # [E, U, 1], per destination and user
+            a = edge_softmax(block, logits.unsqueeze(1))  # [E, 1, U], per destination and user
             # 0, not 0/0, where a destination keeps none of its edges.
-            block.edata["a"] = a.masked_fill(~keep.unsqueeze(-1), 0.0)
+            block.edata["a"] = a.masked_fill(~keep.unsqueeze(1), 0.0)
             block.srcdata["h"] = h_src
             block.update_all(fn.u_mul_e("h", "a", "m"), fn.sum("m", "n"))
             return block.dstdata["n"]
-
-    def grid_kept(
-        self,
-        block: dgl.DGLGraph,
-        h_src: torch.Tensor,
-        affinity: torch.Tensor,
-        keep: torch.Tensor,
-        cache: dict,
-    ) -> torch.Tensor | None:
-        """:meth:`grid` with ``keep`` masks that keep ``k`` edges of every (destination, user).
-
-        An importance top-K keeps exactly ``K`` in-edges of a destination that has more,
-        often a small part of them (Last.FM-KG, all neighbours, ``K = 8``: 2.9k of the
-        9.1k edges into the 363 items it prunes). Their ids, ``[U, num_dst, k]``, come
-        from the masks; the softmax runs over the ``k`` and each (destination, user)
-        gathers its ``k`` sources, instead of a masked softmax and a weighted sum over
-        every edge for every user. ``None`` (use :meth:`grid`) where the counts differ.
-
-        Returns:
-            ``[num_dst, U, d]`` (a view with users first in memory).
-        """
-        if ("by_dst", block) not in cache:
-            src, dst = block.edges(order="eid")
-            order = torch.argsort(dst, stable=True)
-            cache[("by_dst", block)] = src, order, dst[order]
-        src, order, dst_in_order = cache[("by_dst", block)]
-        n_dst, n_users = block.num_dst_nodes(), keep.shape[1]
-        # By user, then destination: the rows of [U, num_dst, k] if every count is k.
-        user, position = torch.nonzero(keep[order].T, as_tuple=True)
-        k, rest = divmod(len(position), n_users * n_dst)
-        if rest or not k:
-            return None
-        # index_select, not tensor[index]: several times faster for these long gathers.
-        if not torch.equal(
-            dst_in_order.index_select(0, position),
-            torch.arange(n_dst, device=position.device).repeat_interleave(k).repeat(n_users),
-        ):
-            return None
-        edge = order.index_select(0, position)  # [U num_dst k]
-        scores = self.logit(affinity.T)  # [U, n_relations]
-        rel = block.edata["rel"].index_select(0, edge).view(n_users, -1)
-        weight = torch.softmax(scores.gather(1, rel).view(n_users, n_dst, k), dim=-1)
-        # Row of h_src[src_e, u] in h_src viewed as [N U, d] ([N, 1, d]: the same for every u).
-        width = h_src.shape[1]
-        rows = src.index_select(0, edge) * width
-        if width > 1:
-            rows += user
-        sources = h_src.reshape(-1, h_src.shape[-1]).index_select(0, rows)
-        out = torch.matmul(weight.unsqueeze(-2), sources.view(n_users, n_dst, k, -1))
-        return out.squeeze(-2).transpose(0, 1)
 
     def grid_pooled(
         self,
@@ -250,9 +209,9 @@ class UserRelationAttention(nn.Module):
     ) -> torch.Tensor:
         """:meth:`grid` by (destination, relation) group: one edge per group.
 
-        Serves the first layer (sources ``[N, 1, d]``, shared by every user) and deeper
-        ones (``[N, U, d]``), where each group's sources are summed per user by one
-        unweighted ``copy_u`` pass (:func:`_group_sums`).
+        Serves the first layer (sources ``[N, d, 1]``, shared by every user) and deeper
+        ones (``[N, d, U]``), where each group's sources are summed per user by one
+        sparse product (:meth:`grid_by_groups`).
 
         An edge's weight depends on its relation only, so the ``c`` kept edges of one
         relation into one destination share it: they enter the softmax as one edge from
@@ -269,54 +228,107 @@ class UserRelationAttention(nn.Module):
             cache: a ranking's cache (see :meth:`KGCN.score_grid`): the block's groups,
                 and, for the shared first-layer sources, their per-group means and
                 prefix sums.
+
+        Returns:
+            ``[num_dst, d, U]`` (a view with users before features where ``kept`` is given).
         """
         cache = {} if cache is None else cache
         if ("groups", block) not in cache:
             cache[("groups", block)] = _relation_groups(block)
         src, groups, group_block = cache[("groups", block)]
         # Means and prefix sums depend on the sources: shared only where they are the
-        # ranking's first-layer vectors (a deeper layer's [N, 1, d] is one user's).
+        # ranking's first-layer vectors (a deeper layer's [N, d, 1] is one user's).
         shared = h_src is cache.get("attended")
         logits = self.logit(affinity[groups.rel])  # [G, U]
-        if kept is None:
-            logits = logits.add_(groups.size.to(logits.dtype).log()[:, None])
-            weight = edge_softmax(group_block, logits.unsqueeze(-1))  # [G, U, 1]
-            if shared:
-                pooled = cache.get(("pooled", block))
-                if pooled is None:
-                    pooled = h_src.new_zeros(len(groups.size), *h_src.shape[1:])
-                    pooled.index_add_(0, groups.group, h_src[src])
-                    pooled = cache[("pooled", block)] = pooled.div_(groups.size.view(-1, 1, 1))
-            else:
-                # A deeper layer's sources differ per user: sum each group's with one
-                # unweighted pass over the edges (no [E, U] weights, no per-edge softmax)
-                # and fold the mean's 1 / c into the group's weight.
-                pooled = _group_sums(block, h_src, cache)  # [G, U, d]
-                weight = weight / groups.size.to(weight.dtype).view(-1, 1, 1)
-        else:
+        if kept is not None:
             if not shared:
                 raise ValueError("kept counts need the ranking's shared first-layer sources")
             if ("prefix", block) not in cache:
-                cache[("prefix", block)] = _group_prefix_sums(h_src[:, 0], src, groups)
+                cache[("prefix", block)] = _group_prefix_sums(h_src[..., 0], src, groups)
             logits = logits.add_(kept.to(logits.dtype).log())
-            weight = edge_softmax(group_block, logits.unsqueeze(-1))[..., 0]  # [G, U]
+            weight = softmax_by_destination(logits, groups.dst, block.num_dst_nodes())  # [G, U]
             # Per edge, not per group: Σ_e a_e h_e = (a_g / c) Σ_kept h_e. 0, not 0/0, where
             # a user keeps no edge of the group (its logit is -inf).
             weight = weight.div_(kept.clamp(min=1)).masked_fill_(kept == 0, 0.0)
-            return _weighted_prefix_sums(block, groups, kept, weight, cache)
+            return _weighted_prefix_sums(block, groups, kept, weight, cache).transpose(1, 2)
+        if not shared:  # a deeper layer's sources differ per user
+            out = h_src.new_empty(block.num_dst_nodes(), h_src.shape[1], affinity.shape[1])
+            for _ in self.grid_by_groups(block, h_src, affinity, cache, out):
+                pass
+            return out
+        size = groups.size.to(logits.dtype)
+        weight = softmax_by_destination(
+            logits.add_(size.log()[:, None]), groups.dst, block.num_dst_nodes()
+        )
+        pooled = cache.get(("pooled", block))
+        if pooled is None:
+            pooled = h_src.new_zeros(len(groups.size), *h_src.shape[1:])
+            pooled.index_add_(0, groups.group, h_src[src])
+            pooled = cache[("pooled", block)] = pooled.div_(groups.size.view(-1, 1, 1))
         with group_block.local_scope():
-            group_block.edata["a"] = weight  # [G, U, 1]
-            group_block.srcdata["h"] = pooled
+            group_block.edata["a"] = weight.unsqueeze(1)  # [G, 1, U]
+            group_block.srcdata["h"] = pooled  # [G, d, 1]
             group_block.update_all(fn.u_mul_e("h", "a", "m"), fn.sum("m", "n"))
             return group_block.dstdata["n"]
 
+    def grid_by_groups(
+        self,
+        block: dgl.DGLGraph,
+        h_src: torch.Tensor,
+        affinity: torch.Tensor,
+        cache: dict,
+        out: torch.Tensor | None = None,
+    ) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """:meth:`grid` of a deeper layer (sources ``[N, d, U]``, every edge kept), in chunks.
+
+        Per (destination, relation) group ``g`` with ``c_g`` edges, the weight
+        ``softmax_g(s_g + log c_g) / c_g`` (``[G, U]``: the groups' softmax, not the
+        edges'), times the sum of the group's sources, summed by destination. Chunk by
+        chunk of destinations, a few thousand groups at a time: each chunk's group sums
+        (one sparse product), weighting and destination sums stay in the CPU's cache,
+        and so can what the caller does next (the aggregator, the scores), instead of
+        each step reading and writing every group of the pass from memory.
+
+        Yields:
+            ``(start, stop, [stop - start, d, U])``: destinations ``start..stop-1``, in
+            order, written into ``out[start:stop]`` (``out``: ``[num_dst, d, U]``) or
+            into a tensor of their own.
+        """
+        if ("groups", block) not in cache:
+            cache[("groups", block)] = _relation_groups(block)
+        src, groups, _ = cache[("groups", block)]
+        n_dst, features = block.num_dst_nodes(), h_src.shape[1:]
+        size = groups.size.to(h_src.dtype)
+        logits = self.logit(affinity[groups.rel]).add_(size.log()[:, None])  # [G, U]
+        weight = softmax_by_destination(logits, groups.dst, n_dst).div_(size[:, None])
+        weight = weight.unsqueeze(1)  # [G, 1, U]
+        per_user = h_src.shape[-1] == weight.shape[-1]
+        width = math.prod(features)
+        per_chunk = max(1, BY_RELATION_CHUNK_FLOATS // width)
+        if ("group_chunks", block, per_chunk) not in cache:
+            cache[("group_chunks", block, per_chunk)] = _group_chunks(
+                src, groups, n_dst, len(h_src), per_chunk
+            )
+        flat = h_src.reshape(len(h_src), width)
+        for start, stop, first, last, members, at in cache[("group_chunks", block, per_chunk)]:
+            pooled = _sparse_product(members, flat).view(last - first, *features)
+            pooled = pooled.mul_(weight[first:last]) if per_user else pooled * weight[first:last]
+            shape = (stop - start, h_src.shape[1], weight.shape[-1])
+            sums = pooled.new_zeros(shape) if out is None else out[start:stop].zero_()
+            yield start, stop, sums.index_add_(0, at, pooled)
+
     def grid_by_relation(
-        self, block: dgl.DGLGraph, h_src: torch.Tensor, affinity: torch.Tensor, cache: dict
+        self,
+        block: dgl.DGLGraph,
+        h_src: torch.Tensor,
+        affinity: torch.Tensor,
+        cache: dict,
+        out: torch.Tensor | None = None,
     ) -> Iterator[tuple[int, int, torch.Tensor]] | None:
         """:meth:`grid` with every edge kept, features before users, chunk by chunk.
 
         ``h_src`` must be the ranking's shared first-layer sources (``cache["attended"]``,
-        ``[N, 1, m]``). A destination's edges of relation ``r`` share the weight
+        ``[N, m, 1]``). A destination's edges of relation ``r`` share the weight
         ``e^{s_r}`` (``s_r`` the user's softmax input), so with ``S_{v,r}`` the sum of
         their sources and ``c_{v,r}`` their count,
 
@@ -332,14 +344,15 @@ class UserRelationAttention(nn.Module):
 
         Yields:
             ``(start, stop, [stop - start, m, U])``: destinations ``start..stop-1``, a few
-            hundred at a time, in a buffer the next chunk reuses. Chunks small enough to
-            stay in the CPU's cache while the caller finishes them (bias, activation,
-            layout) take a quarter of the time of one product over every destination.
+            hundred at a time, written into ``out[start:stop]`` (``out``: ``[num_dst, m,
+            U]``), or into a buffer the next chunk reuses. Chunks small enough to stay in
+            the CPU's cache while the caller finishes them (bias, activation) take a
+            quarter of the time of one product over every destination.
         """
         if h_src is not cache.get("attended"):
             raise ValueError("grid_by_relation needs the ranking's shared first-layer sources")
         if ("by_relation", block) not in cache:
-            cache[("by_relation", block)] = _relation_sums(block, h_src[:, 0], cache)
+            cache[("by_relation", block)] = _relation_sums(block, h_src[..., 0], cache)
         relations, sums_by_relation = cache[("by_relation", block)]
         if not len(relations):  # no edges: no maximum to take; the pooled path's empty sums
             return None
@@ -347,68 +360,104 @@ class UserRelationAttention(nn.Module):
         inputs = inputs - inputs.amax(0)
         if float(inputs.amin()) < -BY_RELATION_MAX_SPREAD:
             return None
-        width = h_src.shape[-1] + 1
+        width = h_src.shape[1] + 1
         per_chunk = max(1, BY_RELATION_CHUNK_FLOATS // (width * affinity.shape[1]))
         if ("by_relation_chunks", block, per_chunk) not in cache:
             cache[("by_relation_chunks", block, per_chunk)] = _row_chunks(
                 sums_by_relation, width, per_chunk
             )
         chunks = cache[("by_relation_chunks", block, per_chunk)]
-        return _relation_products(chunks, inputs.exp_(), width)
+        return _relation_products(chunks, inputs.exp_(), width, out)
 
 
-def _relation_products(chunks: list, weights: torch.Tensor, width: int):
+def _relation_products(chunks: list, weights: torch.Tensor, width: int, out=None):
     """``grid_by_relation``'s chunks: ``Σ_r w_r S_{v,r} / Σ_r w_r c_{v,r}`` (``w``: ``[R', U]``)."""
     n_users = weights.shape[1]
     buffer = weights.new_empty(chunks[0][2].shape[0], n_users)
     for start, stop, matrix in chunks:
         # Into an empty buffer (beta = 0): `matrix @ weights` would zero-fill a result and
         # copy it, twice the product's own time.
-        out = buffer[: matrix.shape[0]]
-        sums = torch.addmm(out, matrix, weights, beta=0, out=out).view(stop - start, width, n_users)
+        rows = buffer[: matrix.shape[0]]
+        sums = torch.addmm(rows, matrix, weights, beta=0, out=rows)
+        sums = sums.view(stop - start, width, n_users)
         # A destination without edges: 0 / tiny = 0 (grid_pooled's empty sum), not 0 / 0.
-        # In place: a new tensor of this size each time costs more in page faults than the
-        # division itself.
-        yield start, stop, sums[:, :-1].div_(sums[:, -1:].clamp_(min=1e-30))
+        # In place or into `out`: a new tensor of this size each time costs more in page
+        # faults than the division itself.
+        counts = sums[:, -1:].clamp_(min=1e-30)
+        if out is None:
+            yield start, stop, sums[:, :-1].div_(counts)
+        else:
+            yield start, stop, torch.div(sums[:, :-1], counts, out=out[start:stop])
 
 
 def _row_chunks(matrix: torch.Tensor, width: int, per_chunk: int) -> list:
     """``(start, stop, CSR of destinations start..stop-1)`` of a ``[num_dst width, R']`` CSR."""
-    crow, col, values = matrix.crow_indices(), matrix.col_indices(), matrix.values()
-    n_dst = matrix.shape[0] // width
-    chunks = []
-    with warnings.catch_warnings():  # "sparse CSR support is in beta": used as documented
-        warnings.simplefilter("ignore", UserWarning)
-        for start in range(0, n_dst, per_chunk):
-            stop = min(n_dst, start + per_chunk)
-            first, last = int(crow[start * width]), int(crow[stop * width])
-            rows = crow[start * width : stop * width + 1] - first
-            part = torch.sparse_csr_tensor(
-                rows, col[first:last], values[first:last], ((stop - start) * width, matrix.shape[1])
-            )
-            chunks.append((start, stop, part))
+    n_dst, chunks = matrix.shape[0] // width, []
+    for start in range(0, n_dst, per_chunk):
+        stop = min(n_dst, start + per_chunk)
+        chunks.append((start, stop, _csr_rows(matrix, start * width, stop * width)))
     return chunks
 
 
-def _group_sums(block: dgl.DGLGraph, h_src: torch.Tensor, cache: dict) -> torch.Tensor:
-    """``[G, ...]``: the sum of each (destination, relation) group's sources ``h_src[src]``.
+def _group_chunks(src, groups, n_dst: int, n_src: int, per_chunk: int) -> list:
+    """``grid_by_groups``' chunks: ``(start, stop, first, last, members, at)``.
 
-    One ``copy_u``/``sum`` pass over a block from each edge's source to its group (built
-    once per ranking), trailing dimensions flattened: no ``[E, ...]`` gather.
+    Destinations ``start..stop-1`` own groups ``first..last-1`` (groups are sorted by
+    destination), about ``per_chunk`` of them (a destination's groups are never split);
+    ``members``: the CSR ``[last - first, n_src]`` 0/1 matrix of their sources; ``at``:
+    each group's destination within the chunk.
     """
-    if ("members", block) not in cache:
-        src, groups, _ = cache[("groups", block)]
-        cache[("members", block)] = dgl.create_block(
-            (src, groups.group),
-            num_src_nodes=block.num_src_nodes(),
-            num_dst_nodes=len(groups.size),
-            device=src.device,
+    members = _zero_one_csr(groups.group, src, (len(groups.size), n_src))
+    per_dst = torch.bincount(groups.dst, minlength=n_dst)
+    before = torch.cumsum(per_dst, 0) - per_dst  # groups of the earlier destinations
+    # A destination joins the chunk its first group falls in.
+    chunk_of = torch.div(before, per_chunk, rounding_mode="floor")
+    _, counts = torch.unique_consecutive(chunk_of, return_counts=True)
+    chunks, start = [], 0
+    for stop in torch.cumsum(counts, 0).tolist():
+        first = int(before[start])
+        last = int(before[stop - 1] + per_dst[stop - 1])
+        at = groups.dst[first:last] - start
+        chunks.append((start, stop, first, last, _csr_rows(members, first, last), at))
+        start = stop
+    return chunks
+
+
+def _csr_rows(matrix: torch.Tensor, first: int, last: int) -> torch.Tensor:
+    """Rows ``first..last-1`` of a CSR matrix, as a CSR matrix of their own."""
+    crow, col, values = matrix.crow_indices(), matrix.col_indices(), matrix.values()
+    begin, end = int(crow[first]), int(crow[last])
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": used as documented
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(
+            crow[first : last + 1] - begin,
+            col[begin:end],
+            values[begin:end],
+            (last - first, matrix.shape[1]),
         )
-    members = cache[("members", block)]
-    with members.local_scope():
-        members.srcdata["h"] = h_src.reshape(len(h_src), -1)
-        members.update_all(fn.copy_u("h", "m"), fn.sum("m", "s"))
-        return members.dstdata["s"].view(members.num_dst_nodes(), *h_src.shape[1:])
+
+
+def _zero_one_csr(rows: torch.Tensor, columns: torch.Tensor, shape: tuple) -> torch.Tensor:
+    """The CSR matrix with a 1 at each ``(rows[i], columns[i])`` (repeats add up)."""
+    values = torch.ones(len(rows), device=rows.device)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": used as documented
+        warnings.simplefilter("ignore", UserWarning)
+        matrix = torch.sparse_coo_tensor(torch.stack([rows, columns]), values, shape)
+        return matrix.coalesce().to_sparse_csr()
+
+
+def _sparse_product(matrix: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """``matrix @ dense`` over ``dense``'s first dimension, its others flattened and kept.
+
+    Into an empty tensor (beta = 0): ``matrix @ dense`` would zero-fill a result and copy
+    it; an empty row is 0 all the same.
+    """
+    flat = dense.reshape(len(dense), math.prod(dense.shape[1:]))
+    out = flat.new_empty(matrix.shape[0], flat.shape[1])
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": used as documented
+        warnings.simplefilter("ignore", UserWarning)
+        torch.addmm(out, matrix.to(flat.dtype), flat, beta=0, out=out)
+    return out.view(matrix.shape[0], *dense.shape[1:])
 
 
 def _weighted_prefix_sums(
@@ -565,6 +614,26 @@ def tanh_(x: torch.Tensor) -> torch.Tensor:
     return x.mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)
 
 
+def _grid_aggregate(
+    aggregator: nn.Module, h_dst: torch.Tensor, neighborhood: torch.Tensor
+) -> torch.Tensor:
+    """A deeper grid layer's output ``[n, m, U]`` from ``h_dst`` and ``neighborhood``.
+
+    The aggregator's forward with features before users: its pre-activation
+    ``W_v h_v + W_N e^u_{N(v)} + b`` (:meth:`KGCNAggregator.linear_parts`) as products
+    over each node's ``[d, U]`` states, then its activation in place. Overwrites
+    ``neighborhood`` where it can (the caller's own).
+    """
+    own, neighbour, bias = aggregator.linear_parts()
+    if own is neighbour:  # the sum aggregator: W (h_v + e_N) + b
+        pre_activation = torch.matmul(neighbour, neighborhood.add_(h_dst))
+    else:
+        pre_activation = torch.matmul(neighbour, neighborhood)
+        if own is not None:
+            pre_activation += torch.matmul(own, h_dst)
+    return aggregator.activate_(pre_activation.add_(bias[:, None]))
+
+
 class KGCNAggregator(nn.Module):
     """One KGCN layer's aggregator: sum, concat or neighbor (see the module docstring)."""
 
@@ -584,16 +653,6 @@ class KGCNAggregator(nn.Module):
 
     def forward(self, h_dst: torch.Tensor, neighborhood: torch.Tensor) -> torch.Tensor:
         return self.activation(self.linear(self._input(h_dst, neighborhood)))
-
-    def grid_forward(self, h_dst: torch.Tensor, neighborhood: torch.Tensor) -> torch.Tensor:
-        """:meth:`forward` for the grid (no gradients; ``neighborhood`` is the caller's own).
-
-        In place, with the faster tanh (:func:`tanh_`, within 2e-7 of :meth:`forward`).
-        Pair scoring keeps ``torch.tanh``, whose results do not depend on where in a
-        batch a state sits.
-        """
-        x = neighborhood.add_(h_dst) if self.kind == "sum" else self._input(h_dst, neighborhood)
-        return self.activate_(self.linear(x))
 
     def _input(self, h_dst: torch.Tensor, neighborhood: torch.Tensor) -> torch.Tensor:
         if self.kind == "sum":
@@ -616,8 +675,8 @@ class KGCNAggregator(nn.Module):
             return weight[:, :dim], weight[:, dim:], bias
         return None, weight, bias
 
-    def activate_(self, pre_activation: torch.Tensor, dim: int = -1) -> torch.Tensor:
-        """The layer's output from its pre-activation (features along ``dim``), in place."""
+    def activate_(self, pre_activation: torch.Tensor) -> torch.Tensor:
+        """The layer's output from a grid's pre-activation ``[n, m, U]``, in place."""
         return self.activation_(pre_activation)
 
 
@@ -709,21 +768,17 @@ class KGCN(nn.Module):
         affinity = self.relation_emb.weight @ user.T  # [n_relations, U]: e_r · e_u
         h = None if cache is None else cache.get("sources")
         if h is None:
-            h = self.entity_vectors(blocks[0].srcdata[dgl.NID]).unsqueeze(1)  # [N, 1, d]
+            h = self.entity_vectors(blocks[0].srcdata[dgl.NID]).unsqueeze(-1)  # [N, d, 1]
             if cache is not None:
                 cache["sources"] = h
         if len(blocks) == 1:
             return self._grid_one_layer(blocks[0], h, user, users, affinity, edge_filter, cache)
-        for layer, (block, aggregator) in enumerate(zip(blocks, self.aggregators, strict=True)):
-            if layer == 0:
-                h = self._grid_first_of_layers(block, h, users, affinity, edge_filter, cache)
-            else:
-                neighborhood = self._grid_deeper_layer(
-                    block, h, users, affinity, edge_filter, cache
-                )
-                h_dst = h[: block.num_dst_nodes()].expand_as(neighborhood)
-                h = aggregator.grid_forward(h_dst, neighborhood)
-        return h.mul_(user).sum(-1).T  # [N, U, d] -> [U, N]; h is this pass's own
+        h = self._grid_first_of_layers(blocks[0], h, users, affinity, edge_filter, cache)
+        for layer in range(1, len(blocks)):
+            h = self._grid_deeper_layer(
+                blocks[layer], h, users, affinity, layer, edge_filter, cache, user
+            )
+        return h.T  # [N, U] -> [U, N]
 
     def _grid_one_layer(
         self,
@@ -735,16 +790,16 @@ class KGCN(nn.Module):
         edge_filter: GridEdgeFilter | None,
         cache: dict | None,
     ) -> torch.Tensor:
-        """``[U, num_dst]`` logits of a one-layer grid (``h``: the ``[N, 1, d]`` sources).
+        """``[U, num_dst]`` logits of a one-layer grid (``h``: the ``[N, d, 1]`` sources).
 
         The destinations alike for every user (:meth:`_first_layer_by_class`) score
-        with one matrix product; the others from their ``[n, U, d]`` states.
+        with one matrix product; the others from their ``[n, d, U]`` states.
         """
         (alike, shared), per_user = self._first_layer_by_class(
             block, h, users, affinity, edge_filter, cache
         )
         logits = user.new_empty(len(users), block.num_dst_nodes())
-        logits[:, alike] = user @ shared[:, 0].T
+        logits[:, alike] = user @ shared[..., 0].T
         for ids, out in per_user:  # [n, d, U]
             logits[:, ids] = out.mul_(user.T).sum(1).T
         return logits
@@ -758,7 +813,7 @@ class KGCN(nn.Module):
         edge_filter: GridEdgeFilter | None,
         cache: dict | None,
     ) -> tuple[tuple, list]:
-        """The first layer by destination class: ``((ids, [n, 1, d]), [(ids, [n, d, U]), ...])``.
+        """The first layer by destination class: ``((ids, [n, d, 1]), [(ids, [n, d, U]), ...])``.
 
         An edge's attention weight depends on the user only through the edge's
         relation, so a destination whose in-edges all have one relation weighs its kept
@@ -770,7 +825,7 @@ class KGCN(nn.Module):
         only the ones an importance top-K may prune (more in-edges than K; 363 items
         with all neighbours and K = 8) need per-user kept counts: the others keep every
         edge, and aggregate by relation (:meth:`UserRelationAttention.grid_by_relation`).
-        Per-user outputs are ``[n, d, U]`` (a view of ``[n, U, d]`` where pooled by group).
+        Per-user outputs are ``[n, d, U]`` (a view of ``[n, U, d]`` where kept counts pool).
         """
         cache = {} if cache is None else cache
         aggregator = self.aggregators[0]
@@ -783,7 +838,7 @@ class KGCN(nn.Module):
             kept = edge_filter.kept_counts(alike_block, first) if edge_filter is not None else None
             cache[("alike_out", block)] = self._grid_first_layer(
                 alike_block, h, alike, aggregator, affinity[:, :1], kept, cache
-            )  # [n_alike, 1, d]
+            )  # [n_alike, d, 1]
         per_user = []
         for (ids, part), filtered in zip(classes, (False, True), strict=True):
             if not len(ids):
@@ -794,7 +849,6 @@ class KGCN(nn.Module):
             if out is None:
                 kept = edge_filter.kept_counts(part, users) if filtered else None
                 out = self._grid_first_layer(part, h, ids, aggregator, affinity, kept, cache)
-                out = out.transpose(1, 2)
             per_user.append((ids, out))
         return (alike, cache[("alike_out", block)]), per_user
 
@@ -807,12 +861,12 @@ class KGCN(nn.Module):
         edge_filter: GridEdgeFilter | None,
         cache: dict | None,
     ) -> torch.Tensor:
-        """``[num_dst, U, d]``: the first layer of a grid with more (``h``: ``[N, 1, d]``).
+        """``[num_dst, d, U]``: the first layer of a grid with more (``h``: ``[N, d, 1]``).
 
         Every destination as if it kept all its edges (by relation, or one pooled pass);
         then the destinations an importance top-K may prune (more in-edges than K) again,
         from each user's kept counts. Rows are not split further: a deeper layer needs all
-        of them as ``[num_dst, U, d]``, and writing the alike ones there costs what
+        of them as ``[num_dst, d, U]``, and writing the alike ones there costs what
         computing them does.
         """
         cache = {} if cache is None else cache
@@ -820,9 +874,7 @@ class KGCN(nn.Module):
         every = slice(0, block.num_dst_nodes())
         out = None
         if affinity.shape[1] > 1:
-            out = self._grid_first_layer_by_relation(
-                block, h, every, aggregator, affinity, cache, users_last=False
-            )
+            out = self._grid_first_layer_by_relation(block, h, every, aggregator, affinity, cache)
         if out is None:
             out = self._grid_first_layer(block, h, every, aggregator, affinity, None, cache)
         if edge_filter is not None:
@@ -840,31 +892,65 @@ class KGCN(nn.Module):
         h: torch.Tensor,
         users: torch.Tensor,
         affinity: torch.Tensor,
+        layer: int,
         edge_filter: GridEdgeFilter | None,
         cache: dict | None,
+        user: torch.Tensor,
     ) -> torch.Tensor:
-        """``[num_dst, U, d]`` neighbourhoods of a layer past the first (``h``: ``[N, U, d]``).
+        """Layer ``layer`` (past the first) of a grid, from ``h`` (``[N, d, U]``).
+
+        Returns ``[num_dst, d, U]``, or for the last layer the scores ``[num_dst, U]``
+        (``user``: ``[U, d]``). Chunk by chunk of destinations: each chunk's
+        neighbourhood (:meth:`UserRelationAttention.grid_by_groups`, or a slice of
+        :meth:`_grid_neighborhoods` under an edge filter), aggregator and scores are
+        finished while in the CPU's cache.
+        """
+        cache = {} if cache is None else cache
+        aggregator, last = self.aggregators[layer], layer == len(self.aggregators) - 1
+        if edge_filter is None:
+            chunks = self.attention.grid_by_groups(block, h, affinity, cache)
+        else:
+            neighborhood = self._grid_neighborhoods(block, h, users, affinity, edge_filter, cache)
+            step = max(1, BY_RELATION_CHUNK_FLOATS // math.prod(neighborhood.shape[1:]))
+            chunks = (
+                (start, min(start + step, len(neighborhood)), neighborhood[start : start + step])
+                for start in range(0, len(neighborhood), step)
+            )
+        n_dst, out = block.num_dst_nodes(), None
+        for start, stop, part in chunks:
+            part = _grid_aggregate(aggregator, h[start:stop], part)
+            if last:
+                part = part.mul_(user.T).sum(1)  # [n, U]: h · e_u
+            if out is None:
+                out = part.new_empty(n_dst, *part.shape[1:])
+            out[start:stop] = part
+        if out is None:  # no destinations
+            out = h.new_empty(0, len(users)) if last else h.new_empty(0, self.dim, len(users))
+        return out
+
+    def _grid_neighborhoods(
+        self,
+        block: dgl.DGLGraph,
+        h: torch.Tensor,
+        users: torch.Tensor,
+        affinity: torch.Tensor,
+        edge_filter: GridEdgeFilter,
+        cache: dict,
+    ) -> torch.Tensor:
+        """``[num_dst, d, U]`` neighbourhoods of a layer past the first under an edge filter.
 
         Keep masks only for the destinations an importance top-K may prune (more
         in-edges than K); the others keep every edge for every user.
         """
-        if edge_filter is None:
-            return self.attention.grid(block, h, affinity, None, cache)
-        cache = {} if cache is None else cache
         if ("pruning", block) not in cache:
             may_prune = edge_filter.may_prune(block)
             cache[("pruning", block)] = _sub_blocks(block, (~may_prune, may_prune))
-        out = h.new_empty(block.num_dst_nodes(), len(users), h.shape[-1])
+        out = h.new_empty(block.num_dst_nodes(), h.shape[1], len(users))
         for (ids, part), filtered in zip(cache[("pruning", block)], (False, True), strict=True):
             if not len(ids):
                 continue
             keep = edge_filter(part, users) if filtered else None
-            neighborhood = (
-                self.attention.grid_kept(part, h, affinity, keep, cache) if filtered else None
-            )
-            if neighborhood is None:
-                neighborhood = self.attention.grid(part, h, affinity, keep, cache)
-            out[ids] = neighborhood
+            out[ids] = self.attention.grid(part, h, affinity, keep, cache)
         return out
 
     def _grid_first_layer(
@@ -877,7 +963,8 @@ class KGCN(nn.Module):
         kept: torch.Tensor | None,
         cache: dict | None,
     ) -> torch.Tensor:
-        """The grid's first layer, whose sources ``h`` (``[N, 1, d]``) every user shares.
+        """``[n, m, U]``: the grid's first layer, whose sources ``h`` (``[N, d, 1]``) every
+        user shares.
 
         ``dst``: where the block's destinations are among ``h``'s rows (their own vectors);
         ``kept``: ``[G, U]`` edges each user keeps per (destination, relation) group
@@ -903,29 +990,28 @@ class KGCN(nn.Module):
         aggregator: nn.Module,
         affinity: torch.Tensor,
         cache: dict,
-        users_last: bool = True,
     ) -> torch.Tensor | None:
-        """:meth:`_grid_first_layer` with every edge kept, or ``None``.
+        """``[n, m, U]``: :meth:`_grid_first_layer` with every edge kept, or ``None``.
 
         By relation (:meth:`UserRelationAttention.grid_by_relation`): ``None`` where
         that declines. Each chunk of destinations is finished (own part, activation)
-        while in cache, and written as ``[n, d, U]`` (``users_last``: the activation
-        runs over contiguous rows, and a one-layer grid's scores sum over features) or
-        ``[n, U, d]`` (a deeper layer's message passing reads rows per user).
+        while in cache: where the result is as wide as the pre-activation (an activation
+        applied in place), in the result itself; otherwise (MGWA's gate halves the
+        width) in a buffer, then copied.
         """
-        own_part = self._own_part(block, h, dst, aggregator, cache).transpose(1, 2)  # [n, m, 1]
-        chunks = self.attention.grid_by_relation(block, cache["attended"], affinity, cache)
+        own_part = self._own_part(block, h, dst, aggregator, cache)  # [n, m, 1]
+        n, width, n_users = block.num_dst_nodes(), own_part.shape[1], affinity.shape[1]
+        in_place = width == self.dim
+        out = h.new_empty(n, width, n_users) if in_place else None
+        chunks = self.attention.grid_by_relation(block, cache["attended"], affinity, cache, out)
         if chunks is None:
             return None
-        out, n = None, block.num_dst_nodes()
         for start, stop, pre_activation in chunks:
-            part = aggregator.activate_(pre_activation.add_(own_part[start:stop]), dim=1)
-            if users_last and stop - start == n:  # one chunk: already the result, no copy
-                return part
-            if out is None:
-                dim, n_users = part.shape[1:]
-                out = part.new_empty((n, dim, n_users) if users_last else (n, n_users, dim))
-            out[start:stop] = part if users_last else part.transpose(1, 2)
+            part = aggregator.activate_(pre_activation.add_(own_part[start:stop]))
+            if not in_place:
+                if out is None:
+                    out = part.new_empty(n, part.shape[1], n_users)
+                out[start:stop] = part
         return out
 
     @staticmethod
@@ -936,16 +1022,17 @@ class KGCN(nn.Module):
         aggregator: nn.Module,
         cache: dict,
     ) -> torch.Tensor:
-        """``[n, 1, m]``: ``W_v h_v + b`` of ``block``'s destinations, once per ranking.
+        """``[n, m, 1]``: ``W_v h_v + b`` of ``block``'s destinations, once per ranking.
 
-        Also keeps ``cache["attended"]``, the shared sources projected by ``W_N``.
+        Also keeps ``cache["attended"]``, the shared sources projected by ``W_N`` (``[N, m, 1]``).
         """
         if ("own_part", block) not in cache:
             own, neighbour, bias = aggregator.linear_parts()
             if "attended" not in cache:  # the same sources for every first-layer block of a ranking
-                cache["attended"] = h @ neighbour.T  # [N, 1, m]; their group means are kept too
-            own_part = bias if own is None else torch.addmm(bias, h[dst][:, 0], own.T)
-            cache[("own_part", block)] = own_part.view(-1, 1, own_part.shape[-1])
+                # [N, m, 1]; their group means are kept too
+                cache["attended"] = (h[..., 0] @ neighbour.T).unsqueeze(-1)
+            own_part = bias if own is None else torch.addmm(bias, h[dst][..., 0], own.T)
+            cache[("own_part", block)] = own_part.view(-1, own_part.shape[-1], 1)
         return cache[("own_part", block)]
 
     def importance_scores(self, users: torch.Tensor, relations: torch.Tensor) -> torch.Tensor:

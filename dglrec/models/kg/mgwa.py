@@ -55,20 +55,16 @@ class GatedAggregator(nn.Module):
         x = torch.cat([h_dst, neighborhood], dim=-1)
         return self.linear(x) * torch.sigmoid(self.gate(x))
 
-    def grid_forward(self, h_dst: torch.Tensor, neighborhood: torch.Tensor) -> torch.Tensor:
-        """:meth:`forward` for the grid (``KGCNAggregator.grid_forward``): the same here."""
-        return self.forward(h_dst, neighborhood)
-
     def linear_parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(W_v, W_N, b)`` of both halves stacked: pre-activation ``[xW + b ‖ xV + c]``."""
         weight = torch.cat([self.linear.weight, self.gate.weight])  # [2d, 2d]
         dim = self.linear.weight.shape[0]
         return weight[:, :dim], weight[:, dim:], torch.cat([self.linear.bias, self.gate.bias])
 
-    def activate_(self, pre_activation: torch.Tensor, dim: int = -1) -> torch.Tensor:
-        """``(xW + b) ⊗ sigmoid(xV + c)`` from the stacked pre-activation (:meth:`linear_parts`),
-        features along ``dim``."""
-        value, gate = pre_activation.chunk(2, dim=dim)
+    def activate_(self, pre_activation: torch.Tensor) -> torch.Tensor:
+        """``(xW + b) ⊗ sigmoid(xV + c)`` from a grid's stacked pre-activation ``[n, 2m, U]``
+        (:meth:`linear_parts`)."""
+        value, gate = pre_activation.chunk(2, dim=1)
         return value * gate.sigmoid_()
 
 
