@@ -5,7 +5,12 @@ import pytest
 import torch
 from dgl.dataloading import MultiLayerFullNeighborSampler
 
-from dglrec.sampling.blocks import FixedSizeNeighborSampler, condition_on_users, make_pair_batch
+from dglrec.sampling.blocks import (
+    FixedSizeNeighborSampler,
+    block_from_edges,
+    condition_on_users,
+    make_pair_batch,
+)
 
 
 def hand_kg() -> dgl.DGLGraph:
@@ -187,3 +192,44 @@ def test_sampled_layers_condition_exactly_like_dgl_blocks(n_layers, dedup, filte
     torch.manual_seed(11)
     sampler.sample_layers(g, seeds)
     assert torch.equal(torch.rand(1), after_blocks)
+
+
+@pytest.mark.parametrize("n_edges", [0, 1, 40])
+def test_block_from_edges_is_dgls_create_block(n_edges):
+    """The direct construction against ``dgl.create_block`` and field assignments: same
+    edges and ids, node counts, sparse formats, data, and message passing on it."""
+    import dgl.function as fn
+
+    g = torch.Generator().manual_seed(n_edges)
+    n_src, n_dst = 9, 4
+    src = torch.randint(0, n_src, (n_edges,), generator=g)
+    dst = torch.randint(0, n_dst, (n_edges,), generator=g)  # repeated edges included
+    node, user = torch.randperm(n_src, generator=g), torch.randint(0, 3, (n_src,), generator=g)
+    rel = torch.randint(0, 5, (n_edges,), generator=g)
+    got = block_from_edges(
+        src,
+        dst,
+        {"node": node, "user": user},
+        {"node": node[:n_dst], "user": user[:n_dst]},
+        {"rel": rel},
+    )
+    expected = dgl.create_block((src, dst), num_src_nodes=n_src, num_dst_nodes=n_dst)
+    expected.srcdata.update({"node": node, "user": user})
+    expected.dstdata.update({"node": node[:n_dst], "user": user[:n_dst]})
+    expected.edata["rel"] = rel
+    assert got.is_block and got.num_src_nodes() == n_src and got.num_dst_nodes() == n_dst
+    assert got.formats() == expected.formats() and got.idtype == expected.idtype
+    for order in ("eid", "srcdst"):
+        for a, b in zip(got.edges(order=order), expected.edges(order=order), strict=True):
+            assert torch.equal(a, b)
+    for a, b in zip(got.adj_tensors("csc"), expected.adj_tensors("csc"), strict=True):
+        assert torch.equal(a, b)
+    for frame, other in ((got.srcdata, expected.srcdata), (got.dstdata, expected.dstdata)):
+        assert frame.keys() == other.keys()
+        assert all(torch.equal(frame[k], other[k]) for k in frame.keys())
+    assert torch.equal(got.edata["rel"], expected.edata["rel"])
+    h = torch.randn(n_src, 3, generator=g)
+    for block in (got, expected):
+        block.srcdata["h"] = h
+        block.update_all(fn.copy_u("h", "m"), fn.sum("m", "s"))
+    assert torch.equal(got.dstdata["s"], expected.dstdata["s"])

@@ -81,7 +81,10 @@ from typing import NamedTuple
 
 import dgl
 import torch
+from dgl import heterograph_index
 from dgl.dataloading import BlockSampler, MultiLayerFullNeighborSampler
+from dgl.frame import Frame
+from dgl.heterograph import DGLBlock
 
 from dglrec.errors import ConfigError
 
@@ -618,6 +621,31 @@ def _unique_dst_first(dst_keys: torch.Tensor, edge_keys: torch.Tensor):
     return keys[order], new_id[inverse[n_dst:]]
 
 
+def block_from_edges(
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    srcdata: dict[str, torch.Tensor],
+    dstdata: dict[str, torch.Tensor],
+    edata: dict[str, torch.Tensor],
+) -> dgl.DGLGraph:
+    """The DGL block ``dgl.create_block((src, dst), ...)`` with these data fields, built directly.
+
+    Node counts are the data fields' lengths. The same graph (edge ids in ``(src, dst)``
+    order, every sparse format allowed) from DGL's own constructors: its graph index
+    from the COO arrays and a :class:`dgl.heterograph.DGLBlock` with the fields' frames.
+    Why not ``dgl.create_block`` and five assignments: they validate ids and dtypes and
+    update frames field by field, about 0.45 ms a training batch (a tenth of a KGCN
+    step) where this takes 0.06 ms. Ids must be valid and ``int64``: conditioning makes
+    them so (``tests/test_sampling.py`` compares the two constructions).
+    """
+    n_src, n_dst = len(next(iter(srcdata.values()))), len(next(iter(dstdata.values())))
+    index = heterograph_index.create_unitgraph_from_coo(
+        2, n_src, n_dst, src, dst, ["coo", "csr", "csc"]
+    )
+    frames = [Frame(srcdata, num_rows=n_src), Frame(dstdata, num_rows=n_dst)]
+    return DGLBlock(index, (["_N"], ["_N"]), ["_E"], frames, [Frame(edata, num_rows=len(src))])
+
+
 def condition_on_users(
     blocks: list[dgl.DGLGraph] | list[SampledLayer],
     pair_users: torch.Tensor,
@@ -681,15 +709,14 @@ def condition_on_users(
             edge_src_state = n_states + torch.arange(len(edge_state))
             src_user = torch.cat([state_user, state_user[edge_state]])
             src_node = torch.cat([state_node, edge_src])
-        cblock = dgl.create_block(
-            (edge_src_state, edge_state), num_src_nodes=len(src_user), num_dst_nodes=n_states
-        )
-        cblock.edata["rel"] = edge_rel
         global_src = layer.src_nodes[src_node]
-        cblock.srcdata["node"] = global_src
-        cblock.srcdata["user"] = src_user
-        cblock.dstdata["node"] = global_src[:n_states]
-        cblock.dstdata["user"] = src_user[:n_states]
+        cblock = block_from_edges(
+            edge_src_state,
+            edge_state,
+            {"node": global_src, "user": src_user},
+            {"node": global_src[:n_states], "user": src_user[:n_states]},
+            {"rel": edge_rel},
+        )
         conditioned.insert(0, cblock)
         state_user, state_node = src_user, src_node
     return conditioned, pair_index
