@@ -35,6 +35,7 @@ from dgl.dataloading import DataLoader, MultiLayerFullNeighborSampler, as_edge_p
 from data_prep.edge_dataset import EdgeRegressionDataset
 from dglrec.config import RecipeConfig
 from dglrec.evaluation.metrics import regression_metrics
+from dglrec.sampling.blocks import block_from_edges
 from dglrec.seeding import EVAL_STREAM, derived_seed, reseed_sampling
 from dglrec.training.loop import EpochTrainer, Log, recipe_settings
 
@@ -83,13 +84,13 @@ def canonical_batch(pair_graph: dgl.DGLGraph, blocks: list[dgl.DGLGraph]):
         u, v = block.edges()  # in edge-id order
         u, v = new_src[u], new_dst[v]
         edges = torch.argsort(v * len(src_order) + u)
-        fresh = dgl.create_block(
-            (u[edges], v[edges]), num_src_nodes=len(src_order), num_dst_nodes=len(dst_order)
+        fresh = block_from_edges(
+            u[edges],
+            v[edges],
+            {dgl.NID: global_src[src_order]},
+            {dgl.NID: global_src[src_order[: len(dst_order)]]},
+            {key: value[edges] for key, value in block.edata.items()},
         )
-        fresh.srcdata[dgl.NID] = global_src[src_order]
-        fresh.dstdata[dgl.NID] = global_src[src_order[: len(dst_order)]]
-        for key, value in block.edata.items():
-            fresh.edata[key] = value[edges]
         canonical.insert(0, fresh)
         dst_order = src_order
     return src, dst, seeds, canonical
