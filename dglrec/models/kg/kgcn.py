@@ -233,18 +233,16 @@ class UserRelationAttention(nn.Module):
             ``[num_dst, d, U]`` (a view with users before features where ``kept`` is given).
         """
         cache = {} if cache is None else cache
-        if ("groups", block) not in cache:
-            cache[("groups", block)] = _relation_groups(block)
-        src, groups, group_block = cache[("groups", block)]
+        src, groups, group_block = _cached_relation_groups(block, cache)
         # Means and prefix sums depend on the sources: shared only where they are the
         # ranking's first-layer vectors (a deeper layer's [N, d, 1] is one user's).
         shared = h_src is cache.get("attended")
-        logits = self.logit(affinity[groups.rel])  # [G, U]
         if kept is not None:
             if not shared:
                 raise ValueError("kept counts need the ranking's shared first-layer sources")
             if ("prefix", block) not in cache:
                 cache[("prefix", block)] = _group_prefix_sums(h_src[..., 0], src, groups)
+            logits = self.logit(affinity[groups.rel])  # [G, U]
             logits = logits.add_(kept.to(logits.dtype).log())
             weight = softmax_by_destination(logits, groups.dst, block.num_dst_nodes())  # [G, U]
             # Per edge, not per group: Σ_e a_e h_e = (a_g / c) Σ_kept h_e. 0, not 0/0, where
@@ -256,10 +254,7 @@ class UserRelationAttention(nn.Module):
             for _ in self.grid_by_groups(block, h_src, affinity, cache, out):
                 pass
             return out
-        size = groups.size.to(logits.dtype)
-        weight = softmax_by_destination(
-            logits.add_(size.log()[:, None]), groups.dst, block.num_dst_nodes()
-        )
+        weight = self._group_softmax(groups, affinity, block.num_dst_nodes())
         pooled = cache.get(("pooled", block))
         if pooled is None:
             pooled = h_src.new_zeros(len(groups.size), *h_src.shape[1:])
@@ -270,6 +265,16 @@ class UserRelationAttention(nn.Module):
             group_block.srcdata["h"] = pooled  # [G, d, 1]
             group_block.update_all(fn.u_mul_e("h", "a", "m"), fn.sum("m", "n"))
             return group_block.dstdata["n"]
+
+    def _group_softmax(self, groups, affinity: torch.Tensor, n_dst: int) -> torch.Tensor:
+        """``[G, U]``: softmax over each destination's groups of :meth:`logit` ``+ log c``.
+
+        A group of ``c`` edges that share their weight, weighed as one edge: its
+        share of the destination's softmax over all its edges.
+        """
+        size = groups.size.to(affinity.dtype)
+        logits = self.logit(affinity[groups.rel]).add_(size.log()[:, None])
+        return softmax_by_destination(logits, groups.dst, n_dst)
 
     def grid_by_groups(
         self,
@@ -294,14 +299,11 @@ class UserRelationAttention(nn.Module):
             order, written into ``out[start:stop]`` (``out``: ``[num_dst, d, U]``) or
             into a tensor of their own.
         """
-        if ("groups", block) not in cache:
-            cache[("groups", block)] = _relation_groups(block)
-        src, groups, _ = cache[("groups", block)]
+        src, groups, _ = _cached_relation_groups(block, cache)
         n_dst, features = block.num_dst_nodes(), h_src.shape[1:]
-        size = groups.size.to(h_src.dtype)
-        logits = self.logit(affinity[groups.rel]).add_(size.log()[:, None])  # [G, U]
-        weight = softmax_by_destination(logits, groups.dst, n_dst).div_(size[:, None])
-        weight = weight.unsqueeze(1)  # [G, 1, U]
+        size = groups.size.to(affinity.dtype)
+        # The mean's 1 / c goes into the weight: the chunks sum each group's sources.
+        weight = self._group_softmax(groups, affinity, n_dst).div_(size[:, None]).unsqueeze(1)
         per_user = h_src.shape[-1] == weight.shape[-1]
         width = math.prod(features)
         per_chunk = max(1, BY_RELATION_CHUNK_FLOATS // width)
@@ -508,9 +510,7 @@ def _relation_sums(block: dgl.DGLGraph, h_src: torch.Tensor, cache: dict) -> tup
     relation, component ``k`` of the sum of ``v``'s sources through it (``k = m``: their
     count). ``h_src``: ``[num_src, m]``.
     """
-    if ("groups", block) not in cache:
-        cache[("groups", block)] = _relation_groups(block)
-    src, groups, _ = cache[("groups", block)]
+    src, groups, _ = _cached_relation_groups(block, cache)
     relations, column = torch.unique(groups.rel, return_inverse=True)
     width = h_src.shape[1] + 1
     sums = h_src.new_zeros(len(groups.size), width)
@@ -601,6 +601,13 @@ def _relation_groups(block: dgl.DGLGraph):
         num_dst_nodes=block.num_dst_nodes(),
     )
     return src, groups, group_block
+
+
+def _cached_relation_groups(block: dgl.DGLGraph, cache: dict):
+    """:func:`_relation_groups` of ``block``, built once per ranking ``cache``."""
+    if ("groups", block) not in cache:
+        cache[("groups", block)] = _relation_groups(block)
+    return cache[("groups", block)]
 
 
 def tanh_(x: torch.Tensor) -> torch.Tensor:
