@@ -66,6 +66,7 @@ def export(directory: Path) -> None:
 
 def time_recbole(directory: Path, batch: int, threads: int, epochs: int) -> None:
     import logging
+    import os
 
     import torch
     from recbole.config import Config
@@ -96,6 +97,7 @@ def time_recbole(directory: Path, batch: int, threads: int, epochs: int) -> None
         "reproducibility": True,
         "checkpoint_dir": str(directory / "saved"),
     }
+    os.chdir(directory)  # RecBole writes log_tensorboard/ and log/ under the working directory
     config = Config(model="KGCN", dataset="lastfm", config_dict=settings)
     logging.disable(logging.CRITICAL)
     init_seed(config["seed"], config["reproducibility"])

@@ -76,6 +76,7 @@ keep mask per block (:class:`GridTopK`): the same edges the pair path's
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -114,6 +115,37 @@ def layer_of_block(block: dgl.DGLGraph | SampledLayer) -> SampledLayer:
     return SampledLayer(
         indptr, indices, block.edata["rel"][eids], block.srcdata[dgl.NID], block.num_dst_nodes()
     )
+
+
+@contextmanager
+def _one_thread():
+    """Run DGL's CPU sampling with one OpenMP thread (shared with torch), then restore."""
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
+
+
+def sample_blocks_in_order(
+    sampler: BlockSampler, g: dgl.DGLGraph, seeds: torch.Tensor
+) -> list[dgl.DGLGraph]:
+    """``sampler.sample(g, seeds)``'s blocks, numbered the same way in every run.
+
+    With more than one thread, DGL 2.1's ``to_block`` and fused neighbour sampling
+    number a block's source nodes through a concurrent hash map, in an order that
+    changes from run to run. Two hops down, that order decides the order in which a
+    destination's edges are summed: two fits of two-hop KAISG with one seed and 2
+    threads differed after one epoch. With one thread DGL numbers them by first
+    appearance (destinations first), as :func:`_first_appearance` does; switching
+    costs about 65 µs a call.
+    """
+    with _one_thread():
+        _, _, blocks = sampler.sample(g, seeds)
+    return blocks
 
 
 def _first_appearance(dst_nodes: torch.Tensor, src: torch.Tensor):
@@ -759,6 +791,6 @@ def make_pair_batch(
     if isinstance(sampler, FixedSizeNeighborSampler):
         blocks = sampler.sample_layers(kg, seeds)
     else:
-        _, _, blocks = sampler.sample(kg, seeds)
+        blocks = sample_blocks_in_order(sampler, kg, seeds)
     cblocks, pair_index = condition_on_users(blocks, users, seed_pos, edge_filter, dedup)
     return PairBatch(users, items, labels.float(), cblocks, pair_index)

@@ -69,7 +69,7 @@ class LightGCN(nn.Module):
     def forward(self, users: torch.Tensor, items: torch.Tensor, graph: dgl.DGLGraph) -> ScoreOutput:
         final = self.propagate(graph)
         item_nodes = items + self.n_users
-        logits = (final[users] * final[item_nodes]).sum(-1)
+        logits = (final.index_select(0, users) * final.index_select(0, item_nodes)).sum(-1)
         ego_users, ego_items = self.embedding(users), self.embedding(item_nodes)
         return ScoreOutput(
             logits=logits,

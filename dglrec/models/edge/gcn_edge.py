@@ -170,7 +170,8 @@ class GCNEdgeRegressor(nn.Module):
 
     def forward(self, blocks: list[dgl.DGLGraph], src: torch.Tensor, dst: torch.Tensor):
         h = self.embed(blocks)
-        prediction = self.predictor(torch.cat([h[src], h[dst]], -1)).squeeze(-1)
+        pair = torch.cat([h.index_select(0, src), h.index_select(0, dst)], -1)
+        prediction = self.predictor(pair).squeeze(-1)
         if self.bias_terms:
             ids = node_ids(blocks[-1], "dst")
             prediction = (

@@ -117,7 +117,7 @@ class KGNNLS(KGCN):
             rel = self.relation_emb(block.edata["rel"])
             src, dst, weights = self.attention.edge_weights(block, user, rel)
             n_dst = block.num_dst_nodes()
-            propagated = sum_by_destination(weights * labels[src], dst, n_dst)
+            propagated = sum_by_destination(weights * labels.index_select(0, src), dst, n_dst)
             has_neighbours = torch.zeros(n_dst, dtype=torch.bool, device=dst.device)
             has_neighbours[dst] = True
             propagated = torch.where(has_neighbours, propagated, UNLABELLED)
@@ -130,7 +130,8 @@ class KGNNLS(KGCN):
         truth, known = self._initial_labels(
             top["user"], top["node"], torch.zeros(0, dtype=torch.long, device=labels.device)
         )
-        predicted, truth, known = labels[pair_index], truth[pair_index], known[pair_index]
+        predicted = labels.index_select(0, pair_index)
+        truth, known = truth[pair_index], known[pair_index]
         if not known.any():
             return labels.new_zeros(())
         predicted = predicted[known].clamp(1e-6, 1 - 1e-6)

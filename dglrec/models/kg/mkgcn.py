@@ -303,7 +303,7 @@ class MKGCN(KGCN):
         """``u`` of every block's destination states, each distinct user computed once."""
         users = [b.dstdata["user"] for b in blocks]
         unique, inverse = torch.unique(torch.cat(users), return_inverse=True)
-        vectors = self.user_vectors(unique)[inverse]
+        vectors = self.user_vectors(unique).index_select(0, inverse)
         return list(vectors.split([len(u) for u in users]))
 
     def item_representations(
@@ -324,7 +324,7 @@ class MKGCN(KGCN):
     def forward(self, blocks: list[dgl.DGLGraph], pair_index: torch.Tensor) -> ScoreOutput:
         user_vectors = self._block_users(blocks)
         item_h = self.item_representations(blocks, user_vectors)
-        logits = (user_vectors[-1] * item_h).sum(-1)[pair_index]
+        logits = (user_vectors[-1] * item_h).sum(-1).index_select(0, pair_index)
         return ScoreOutput(
             logits=logits,
             l2=lambda: self._matrices_l2() + self._tables_l2(),

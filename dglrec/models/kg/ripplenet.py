@@ -263,8 +263,8 @@ def relation_products(
     """
     order = torch.argsort(relations)
     counts = torch.bincount(relations, minlength=len(matrices)).tolist()
-    parts = x[order].split(counts)
+    parts = x.index_select(0, order).split(counts)
     products = torch.cat([part @ matrices[r] for r, part in enumerate(parts) if len(part)])
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(len(order), device=order.device)
-    return products[inverse]
+    return products.index_select(0, inverse)
