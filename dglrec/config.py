@@ -95,7 +95,8 @@ class SamplerConfig:
 
     # "uniform": KGCN's fixed-size sample of n_neighbors per node (with replacement
     # only where the degree is below n_neighbors); "full": all neighbours
-    # (dgl.dataloading.MultiLayerFullNeighborSampler); "importance_topk": per user,
+    # (sampling.blocks.FullNeighborSampler, a MultiLayerFullNeighborSampler numbering
+    # blocks the same way on any number of threads); "importance_topk": per user,
     # the n_neighbors neighbours of highest sigmoid(e_u . e_r) (KAISG).
     kind: Literal["uniform", "full", "importance_topk"] = "uniform"
     n_neighbors: int = 8

@@ -15,8 +15,8 @@ selects each row once and stays exact).
 
 The other source: DGL 2.1's ``to_block`` and fused neighbour sampling, with more than
 one thread, number a block's source nodes in a different order every run, and two hops
-down that order is the order of a sum (two-hop KAISG fits differed). dglrec samples DGL
-blocks with one thread (``sampling.blocks.sample_blocks_in_order``).
+down that order is the order of a sum (two-hop KAISG fits differed). dglrec's samplers
+build their blocks with ``sampling.blocks.block_in_order``, DGL's one-thread numbering.
 """
 
 from __future__ import annotations
@@ -27,8 +27,12 @@ import torch
 from dgl.dataloading import MultiLayerFullNeighborSampler
 
 from dglrec.runs import pipeline
-from dglrec.sampling.blocks import sample_blocks_in_order
-from dglrec.seeding import reseed_sampling
+from dglrec.sampling.blocks import (
+    FixedAdjacencySampler,
+    FixedSizeNeighborSampler,
+    FullNeighborSampler,
+    block_in_order,
+)
 from dglrec.training.ctr import TRAIN_DEDUP
 from tests.conftest import recipe_on
 from tests.test_mkgcn import mkgcn_recipe
@@ -126,31 +130,98 @@ def test_index_select_backward_is_the_same_with_two_threads():
     torch.testing.assert_close(grads[0].double(), expected, atol=1e-4, rtol=0)
 
 
-def test_dgl_blocks_are_numbered_alike_on_any_number_of_threads():
-    """DGL's sampler with 2 threads numbers source nodes differently run to run; not here:
-    with 2 threads the blocks equal those of one thread, every time."""
+def random_graph(n_nodes: int = 5000, n_edges: int = 20000) -> dgl.DGLGraph:
     generator = torch.Generator().manual_seed(0)
-    src = torch.randint(0, 5000, (20000,), generator=generator)
-    dst = torch.randint(0, 5000, (20000,), generator=generator)
-    graph = dgl.graph((src, dst), num_nodes=5000)
-    seeds = torch.arange(0, 5000, 7)
-    sampler = MultiLayerFullNeighborSampler(2)
+    src = torch.randint(0, n_nodes, (n_edges,), generator=generator)
+    dst = torch.randint(0, n_nodes, (n_edges,), generator=generator)
+    graph = dgl.graph((src, dst), num_nodes=n_nodes)
+    graph.edata["rel"] = torch.randint(0, 7, (n_edges,), generator=generator)
+    return graph
 
-    def signature(threads: int) -> list[torch.Tensor]:
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        reseed_sampling(3)  # DGL's full sampler draws the order of a node's edges
-        try:
-            blocks = sample_blocks_in_order(sampler, graph, seeds)
-        finally:
-            torch.set_num_threads(before)
-        assert torch.get_num_threads() == before
-        return [
-            torch.cat([*block.edges(), block.srcdata[dgl.NID], block.edata[dgl.EID]])
-            for block in blocks
-        ]
 
-    one_thread = signature(1)
+def block_signature(blocks) -> list[torch.Tensor]:
+    return [
+        torch.cat(
+            [
+                *block.edges(),
+                block.srcdata[dgl.NID],
+                block.dstdata[dgl.NID],
+                block.edata[dgl.EID],
+                block.edata["rel"],
+            ]
+        )
+        for block in blocks
+    ]
+
+
+def with_threads(threads: int, work):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return work()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_block_in_order_is_dgls_one_thread_to_block():
+    graph = random_graph()
+    eids = torch.randperm(graph.num_edges(), generator=torch.Generator().manual_seed(1))[:6000]
+    src, dst = graph.find_edges(eids)
+    seeds = torch.unique(dst)[torch.randperm(len(torch.unique(dst)))]  # any order of seeds
+    frontier = dgl.graph((src, dst), num_nodes=graph.num_nodes())
+    frontier.edata["rel"] = graph.edata["rel"][eids]
+
+    def reference():
+        block = dgl.to_block(frontier, seeds)
+        block.edata[dgl.EID] = eids[block.edata[dgl.EID]]
+        return block
+
+    expected = block_signature([with_threads(1, reference)])
+    for _ in range(3):
+        assert torch.equal(
+            block_signature([with_threads(2, lambda: block_in_order(graph, eids, seeds))])[0],
+            expected[0],
+        )
+
+
+@pytest.mark.parametrize(
+    "make_sampler",
+    [
+        lambda: FullNeighborSampler(2),
+        lambda: FixedSizeNeighborSampler(3, 2),
+        lambda: FixedAdjacencySampler(3, 2, seed=4),
+    ],
+    ids=["full", "uniform", "fixed"],
+)
+def test_sampled_blocks_are_numbered_alike_on_any_number_of_threads(make_sampler):
+    """With 2 threads, every sampler's blocks equal its one-thread blocks, every time
+    (DGL's ``to_block`` inside them would number the sources differently run to run)."""
+    graph, seeds = random_graph(), torch.arange(0, 5000, 7)
+
+    def sample():
+        torch.manual_seed(3)  # the uniform sampler's draws
+        return block_signature(make_sampler().sample(graph, seeds)[2])
+
+    one_thread = with_threads(1, sample)
     for _ in range(5):
-        for mine, reference in zip(signature(2), one_thread, strict=True):
+        for mine, reference in zip(with_threads(2, sample), one_thread, strict=True):
             assert torch.equal(mine, reference)
+
+
+def test_full_sampler_takes_the_edges_dgls_takes():
+    graph, seeds = random_graph(), torch.arange(0, 5000, 7)
+    mine = FullNeighborSampler(2).sample(graph, seeds)[2]
+    theirs = with_threads(1, lambda: MultiLayerFullNeighborSampler(2).sample(graph, seeds)[2])
+    assert torch.equal(mine[-1].dstdata[dgl.NID], seeds)
+    for block, reference in zip(mine, theirs, strict=True):  # the same sets, in CSC order
+        assert torch.equal(
+            torch.sort(block.dstdata[dgl.NID]).values,
+            torch.sort(reference.dstdata[dgl.NID]).values,
+        )
+        assert torch.equal(
+            torch.sort(block.edata[dgl.EID]).values, torch.sort(reference.edata[dgl.EID]).values
+        )
+        assert torch.equal(
+            torch.sort(block.srcdata[dgl.NID]).values,
+            torch.sort(reference.srcdata[dgl.NID]).values,
+        )

@@ -7,7 +7,8 @@ KG models in the KGCN family weight each neighbour by a *user*-dependent score
 layer over the unique items is therefore not enough: the same item seen with
 two users must be aggregated twice. dglrec does it in two steps.
 
-1. A DGL block sampler (:class:`dgl.dataloading.MultiLayerFullNeighborSampler`,
+1. A DGL block sampler (:class:`FullNeighborSampler`, a
+   :class:`dgl.dataloading.MultiLayerFullNeighborSampler`;
    :class:`FixedSizeNeighborSampler`, ...) samples ``n_layers`` blocks over the
    undirected KG for the batch's unique item entities, exactly as for any DGL
    model: ``blocks[-1]``'s destination nodes are the items, and the source nodes
@@ -76,7 +77,6 @@ keep mask per block (:class:`GridTopK`): the same edges the pair path's
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -117,37 +117,6 @@ def layer_of_block(block: dgl.DGLGraph | SampledLayer) -> SampledLayer:
     )
 
 
-@contextmanager
-def _one_thread():
-    """Run DGL's CPU sampling with one OpenMP thread (shared with torch), then restore."""
-    threads = torch.get_num_threads()
-    if threads > 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if threads > 1:
-            torch.set_num_threads(threads)
-
-
-def sample_blocks_in_order(
-    sampler: BlockSampler, g: dgl.DGLGraph, seeds: torch.Tensor
-) -> list[dgl.DGLGraph]:
-    """``sampler.sample(g, seeds)``'s blocks, numbered the same way in every run.
-
-    With more than one thread, DGL 2.1's ``to_block`` and fused neighbour sampling
-    number a block's source nodes through a concurrent hash map, in an order that
-    changes from run to run. Two hops down, that order decides the order in which a
-    destination's edges are summed: two fits of two-hop KAISG with one seed and 2
-    threads differed after one epoch. With one thread DGL numbers them by first
-    appearance (destinations first), as :func:`_first_appearance` does; switching
-    costs about 65 µs a call.
-    """
-    with _one_thread():
-        _, _, blocks = sampler.sample(g, seeds)
-    return blocks
-
-
 def _first_appearance(dst_nodes: torch.Tensor, src: torch.Tensor):
     """``dgl.to_block``'s numbering: ``dst_nodes`` (unique) first, then each new id of
     ``src`` in order of first appearance. Returns ``(numbered ids, local id of each src)``."""
@@ -159,6 +128,65 @@ def _first_appearance(dst_nodes: torch.Tensor, src: torch.Tensor):
     local = torch.empty_like(order)
     local[order] = torch.arange(len(order))
     return unique[order], local[inverse[len(dst_nodes) :]]
+
+
+def block_in_order(g: dgl.DGLGraph, eids: torch.Tensor, seeds: torch.Tensor) -> dgl.DGLGraph:
+    """The block of ``g``'s edges ``eids`` into ``seeds`` (unique), numbered the same way every run.
+
+    What ``dgl.to_block`` makes of the subgraph of those edges with one thread: the
+    edges in the order given, ``seeds`` first among the source nodes, then each new
+    source in order of first appearance (:func:`_first_appearance`); ``NID`` on both
+    sides, ``EID`` = ``eids`` and ``g``'s edge data. With more than one thread, DGL 2.1's
+    ``to_block`` numbers the sources through a concurrent hash map, in an order that
+    changes from run to run; two hops down, that order is the order of a sum (two fits
+    of two-hop KAISG, one seed, 2 threads, differed after one epoch).
+    ``tests/test_determinism.py`` compares the two.
+    """
+    src, dst = g.find_edges(eids)
+    src_nodes, src_local = _first_appearance(seeds, src)
+    by_id = torch.argsort(seeds)
+    dst_local = by_id[torch.searchsorted(seeds[by_id], dst)]
+    edata = {key: value[eids] for key, value in g.edata.items()}
+    edata[dgl.EID] = eids
+    return block_from_edges(src_local, dst_local, {dgl.NID: src_nodes}, {dgl.NID: seeds}, edata)
+
+
+def in_edges_in_order(csc: tuple[torch.Tensor, ...], seeds: torch.Tensor) -> torch.Tensor:
+    """Edge ids into ``seeds`` of the graph whose CSC arrays are ``csc``: seed after seed,
+    each seed's in CSC order."""
+    indptr, _, eids = csc
+    start = indptr[seeds]
+    degree = indptr[seeds + 1] - start
+    owner = torch.repeat_interleave(torch.arange(len(seeds)), degree)
+    first = torch.cumsum(degree, 0) - degree
+    return eids[start[owner] + torch.arange(len(owner)) - first[owner]]
+
+
+class FullNeighborSampler(MultiLayerFullNeighborSampler):
+    """DGL's all-neighbour sampler, with blocks numbered the same way in every run.
+
+    Every in-edge of every seed, seed after seed in CSC order, made a block by
+    :func:`block_in_order`. DGL's own, with more than one thread, samples through its
+    fused path and numbers source nodes in a run-dependent order, and draws the order
+    of each node's edges from its generator.
+    """
+
+    def __init__(self, n_layers: int):
+        super().__init__(n_layers)
+        self.n_layers = n_layers
+        self._csc: tuple[dgl.DGLGraph, tuple[torch.Tensor, ...]] | None = None
+
+    def sample_blocks(self, g, seed_nodes, exclude_eids=None):
+        if exclude_eids is not None:
+            raise ValueError("FullNeighborSampler excludes no edges")
+        if self._csc is None or self._csc[0] is not g:
+            self._csc = g, g.adj_tensors("csc")
+        output_nodes, blocks = seed_nodes, []
+        for _ in range(self.n_layers):
+            block = block_in_order(g, in_edges_in_order(self._csc[1], seed_nodes), seed_nodes)
+            seed_nodes = block.srcdata[dgl.NID]
+            blocks.insert(0, block)
+        return seed_nodes, output_nodes, blocks
 
 
 class FixedSizeNeighborSampler(BlockSampler):
@@ -256,14 +284,7 @@ class FixedSizeNeighborSampler(BlockSampler):
         output_nodes = seed_nodes
         blocks = []
         for _ in range(self.n_layers):
-            eids = self.sample_edges(g, seed_nodes)
-            src, dst = g.find_edges(eids)
-            frontier = dgl.graph((src, dst), num_nodes=g.num_nodes())
-            for key, value in g.edata.items():
-                frontier.edata[key] = value[eids]
-            block = dgl.to_block(frontier, seed_nodes)
-            # to_block reorders edges and records frontier edge ids; map them back to g's.
-            block.edata[dgl.EID] = eids[block.edata[dgl.EID]]
+            block = block_in_order(g, self.sample_edges(g, seed_nodes), seed_nodes)
             seed_nodes = block.srcdata[dgl.NID]
             blocks.insert(0, block)
         return seed_nodes, output_nodes, blocks
@@ -291,6 +312,7 @@ class FixedAdjacencySampler(BlockSampler):
         self.seed = seed
         self._graph: dgl.DGLGraph | None = None
         self._source: dgl.DGLGraph | None = None
+        self._fixed_csc: tuple[dgl.DGLGraph, tuple[torch.Tensor, ...]] | None = None
 
     def fixed_graph(self, g: dgl.DGLGraph) -> dgl.DGLGraph:
         """The K-regular subgraph of ``g`` kept for the run (``g``'s edge ids in ``EID``)."""
@@ -308,13 +330,13 @@ class FixedAdjacencySampler(BlockSampler):
 
     def sample_blocks(self, g, seed_nodes, exclude_eids=None):
         fixed = self.fixed_graph(g)
+        if self._fixed_csc is None or self._fixed_csc[0] is not fixed:
+            self._fixed_csc = fixed, fixed.adj_tensors("csc")
         output_nodes, blocks = seed_nodes, []
         for _ in range(self.n_layers):
-            frontier = dgl.in_subgraph(fixed, seed_nodes)
-            block = dgl.to_block(frontier, seed_nodes)
-            # Block edge -> frontier edge -> fixed-graph edge -> the KG's edge.
-            in_fixed = frontier.edata[dgl.EID][block.edata[dgl.EID]]
-            block.edata[dgl.EID] = fixed.edata[dgl.EID][in_fixed]
+            in_fixed = in_edges_in_order(self._fixed_csc[1], seed_nodes)
+            block = block_in_order(fixed, in_fixed, seed_nodes)
+            block.edata[dgl.EID] = fixed.edata[dgl.EID][in_fixed]  # the KG's edge ids
             seed_nodes = block.srcdata[dgl.NID]
             blocks.insert(0, block)
         return seed_nodes, output_nodes, blocks
@@ -610,7 +632,7 @@ def build_sampler(
     * ``uniform``: KGCN's fixed-size sample (:class:`FixedSizeNeighborSampler`), drawn
       per batch, or once per run with ``resample = "fixed"``
       (:class:`FixedAdjacencySampler`, seeded by ``seed``);
-    * ``full``: all neighbours (:class:`dgl.dataloading.MultiLayerFullNeighborSampler`);
+    * ``full``: all neighbours (:class:`FullNeighborSampler`);
     * ``importance_topk``: all neighbours, then per user the ``n_neighbors`` most
       important (KAISG); needs a model that declares ``importance_sampling``.
     """
@@ -619,7 +641,7 @@ def build_sampler(
     # smaller (benchmarks/fast_kg.py: two-hop KAISG ranking 2x slower, 1.6 GB, as trees).
     dedup = n_layers > 1
     if kind == "full":
-        return PairSampler(MultiLayerFullNeighborSampler(n_layers), dedup=dedup)
+        return PairSampler(FullNeighborSampler(n_layers), dedup=dedup)
     if kind == "uniform" and resample == "fixed":
         return PairSampler(FixedAdjacencySampler(n_neighbors, n_layers, seed), dedup=dedup)
     if kind == "uniform":
@@ -630,9 +652,7 @@ def build_sampler(
                 f"sampler.kind: 'importance_topk' needs a model that scores the importance "
                 f"of (user, relation); {type(model).__name__} does not"
             )
-        return PairSampler(
-            MultiLayerFullNeighborSampler(n_layers), importance_k=n_neighbors, dedup=dedup
-        )
+        return PairSampler(FullNeighborSampler(n_layers), importance_k=n_neighbors, dedup=dedup)
     raise ConfigError(
         f"sampler.kind: unknown sampler {kind!r}; allowed: {', '.join(SAMPLER_KINDS)}"
     )
@@ -791,6 +811,6 @@ def make_pair_batch(
     if isinstance(sampler, FixedSizeNeighborSampler):
         blocks = sampler.sample_layers(kg, seeds)
     else:
-        blocks = sample_blocks_in_order(sampler, kg, seeds)
+        _, _, blocks = sampler.sample(kg, seeds)
     cblocks, pair_index = condition_on_users(blocks, users, seed_pos, edge_filter, dedup)
     return PairBatch(users, items, labels.float(), cblocks, pair_index)

@@ -48,7 +48,7 @@ from data_prep.kg_dataset import KGRecDataset
 from dglrec.config import RecipeConfig
 from dglrec.evaluation.metrics import cold_auc, cold_items, ctr_metrics
 from dglrec.evaluation.ranking import evaluate_ranking
-from dglrec.sampling.blocks import PairBatch, PairSampler, sample_blocks_in_order
+from dglrec.sampling.blocks import PairBatch, PairSampler
 from dglrec.sampling.negatives import UnseenItemSampler, resample_negatives
 from dglrec.sampling.triples import KGETripleStream
 from dglrec.seeding import EVAL_STREAM, TRAIN_NEGATIVES_STREAM, derived_seed, reseed_sampling
@@ -202,7 +202,7 @@ class CTRTrainer(EpochTrainer):
             return self._id_grid_scorer(items.to(device))
         sampler = self.scoring_sampler()
         seeds, seed_pos = torch.unique(self.dataset.item_entity[items], return_inverse=True)
-        blocks = sample_blocks_in_order(sampler.block_sampler, self.kg, seeds)
+        _, _, blocks = sampler.block_sampler.sample(self.kg, seeds)
         blocks = [block.to(device) for block in blocks]
         edge_filter = sampler.grid_edge_filter(self.model)
         # Per user, a layer holds about 4 floats per edge and 6 states of width dim per node.
