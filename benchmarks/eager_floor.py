@@ -109,9 +109,7 @@ def measure(threads: int, repeats: int) -> dict[str, float]:
 
     def step() -> None:
         for batch in built:  # train_epoch's loop body (KGCN has no KGE steps)
-            data_loss, penalty, aux = trainer._bce_terms(batch)
-            loss = data_loss + sum(aux.values()) + cfg.train.l2 * penalty
-            trainer._step(trainer.optimizer, loss)
+            trainer._step(trainer.optimizer, trainer.batch_loss(batch)[0])
 
     work = {
         "floor": floor,

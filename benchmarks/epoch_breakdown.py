@@ -47,11 +47,7 @@ def breakdown(recipe: str, repeats: int) -> dict[str, float]:
 
     def step() -> None:
         for batch in built:  # as train_epoch's loop, without the KGE steps some models add
-            data_loss, penalty, aux = (
-                trainer._bpr_terms(batch) if trainer.bpr else trainer._bce_terms(batch)
-            )
-            loss = data_loss + sum(aux.values()) + cfg.train.l2 * penalty
-            trainer._step(trainer.optimizer, loss)
+            trainer._step(trainer.optimizer, trainer.batch_loss(batch)[0])
 
     out = {"batches_per_epoch": len(built)}
     for name, work in (("epoch", epoch), ("batches", batches), ("step", step)):

@@ -76,9 +76,7 @@ def ctr_training_loss(cfg) -> torch.Tensor:
     generator = torch.Generator().manual_seed(1)
     pairs = trainer.epoch_pairs(1)
     batch = next(iter(trainer.batches(pairs, 32, generator, dedup=TRAIN_DEDUP)))
-    terms = trainer._bpr_terms if trainer.bpr else trainer._bce_terms
-    data_loss, penalty, aux = terms(batch)
-    return data_loss + sum(aux.values()) + trainer.cfg.train.l2 * penalty
+    return trainer.batch_loss(batch)[0]
 
 
 @pytest.mark.parametrize(("recipe", "overrides"), CTR_RECIPES)

@@ -130,6 +130,30 @@ def _first_appearance(dst_nodes: torch.Tensor, src: torch.Tensor):
     return unique[order], local[inverse[len(dst_nodes) :]]
 
 
+class _CachedCSC:
+    """A graph's CSC arrays ``(indptr, indices, eids)``, kept while it is the graph asked
+    for: DGL rebuilds them on every ``adj_tensors`` call."""
+
+    def __init__(self):
+        self._entry: tuple[dgl.DGLGraph, tuple[torch.Tensor, ...]] | None = None
+
+    def __call__(self, g: dgl.DGLGraph) -> tuple[torch.Tensor, ...]:
+        if self._entry is None or self._entry[0] is not g:
+            self._entry = g, g.adj_tensors("csc")
+        return self._entry[1]
+
+
+def _in_edge_slots(indptr: torch.Tensor, nodes: torch.Tensor):
+    """``(slot, owner)`` of every in-edge of ``nodes`` (repeats allowed): its position in
+    the CSC arrays and the position of its node in ``nodes``; node after node, each
+    node's edges in CSC order."""
+    start = indptr[nodes]
+    degree = indptr[nodes + 1] - start
+    owner = torch.repeat_interleave(torch.arange(len(nodes)), degree)
+    first = torch.cumsum(degree, 0) - degree
+    return start[owner] + torch.arange(len(owner)) - first[owner], owner
+
+
 def block_in_order(g: dgl.DGLGraph, eids: torch.Tensor, seeds: torch.Tensor) -> dgl.DGLGraph:
     """The block of ``g``'s edges ``eids`` into ``seeds`` (unique), numbered the same way every run.
 
@@ -155,11 +179,7 @@ def in_edges_in_order(csc: tuple[torch.Tensor, ...], seeds: torch.Tensor) -> tor
     """Edge ids into ``seeds`` of the graph whose CSC arrays are ``csc``: seed after seed,
     each seed's in CSC order."""
     indptr, _, eids = csc
-    start = indptr[seeds]
-    degree = indptr[seeds + 1] - start
-    owner = torch.repeat_interleave(torch.arange(len(seeds)), degree)
-    first = torch.cumsum(degree, 0) - degree
-    return eids[start[owner] + torch.arange(len(owner)) - first[owner]]
+    return eids[_in_edge_slots(indptr, seeds)[0]]
 
 
 class FullNeighborSampler(MultiLayerFullNeighborSampler):
@@ -174,16 +194,14 @@ class FullNeighborSampler(MultiLayerFullNeighborSampler):
     def __init__(self, n_layers: int):
         super().__init__(n_layers)
         self.n_layers = n_layers
-        self._csc: tuple[dgl.DGLGraph, tuple[torch.Tensor, ...]] | None = None
+        self._csc_of = _CachedCSC()
 
     def sample_blocks(self, g, seed_nodes, exclude_eids=None):
         if exclude_eids is not None:
             raise ValueError("FullNeighborSampler excludes no edges")
-        if self._csc is None or self._csc[0] is not g:
-            self._csc = g, g.adj_tensors("csc")
         output_nodes, blocks = seed_nodes, []
         for _ in range(self.n_layers):
-            block = block_in_order(g, in_edges_in_order(self._csc[1], seed_nodes), seed_nodes)
+            block = block_in_order(g, in_edges_in_order(self._csc_of(g), seed_nodes), seed_nodes)
             seed_nodes = block.srcdata[dgl.NID]
             blocks.insert(0, block)
         return seed_nodes, output_nodes, blocks
@@ -212,13 +230,7 @@ class FixedSizeNeighborSampler(BlockSampler):
             raise ValueError("n_neighbors and n_layers must be >= 1")
         self.n_neighbors = n_neighbors
         self.n_layers = n_layers
-        self._csc: tuple[dgl.DGLGraph, tuple[torch.Tensor, ...]] | None = None
-
-    def _csc_of(self, g: dgl.DGLGraph) -> tuple[torch.Tensor, ...]:
-        """``g``'s CSC arrays, kept while ``g`` is the graph sampled (DGL rebuilds them)."""
-        if self._csc is None or self._csc[0] is not g:
-            self._csc = g, g.adj_tensors("csc")
-        return self._csc[1]
+        self._csc_of = _CachedCSC()
 
     def sample_edges(self, g: dgl.DGLGraph, seeds: torch.Tensor) -> torch.Tensor:
         """Edge ids of ``g`` drawn for ``seeds``: ``K`` per seed with in-edges."""
@@ -312,7 +324,7 @@ class FixedAdjacencySampler(BlockSampler):
         self.seed = seed
         self._graph: dgl.DGLGraph | None = None
         self._source: dgl.DGLGraph | None = None
-        self._fixed_csc: tuple[dgl.DGLGraph, tuple[torch.Tensor, ...]] | None = None
+        self._fixed_csc_of = _CachedCSC()
 
     def fixed_graph(self, g: dgl.DGLGraph) -> dgl.DGLGraph:
         """The K-regular subgraph of ``g`` kept for the run (``g``'s edge ids in ``EID``)."""
@@ -330,11 +342,9 @@ class FixedAdjacencySampler(BlockSampler):
 
     def sample_blocks(self, g, seed_nodes, exclude_eids=None):
         fixed = self.fixed_graph(g)
-        if self._fixed_csc is None or self._fixed_csc[0] is not fixed:
-            self._fixed_csc = fixed, fixed.adj_tensors("csc")
         output_nodes, blocks = seed_nodes, []
         for _ in range(self.n_layers):
-            in_fixed = in_edges_in_order(self._fixed_csc[1], seed_nodes)
+            in_fixed = in_edges_in_order(self._fixed_csc_of(fixed), seed_nodes)
             block = block_in_order(fixed, in_fixed, seed_nodes)
             block.edata[dgl.EID] = fixed.edata[dgl.EID][in_fixed]  # the KG's edge ids
             seed_nodes = block.srcdata[dgl.NID]
@@ -742,10 +752,7 @@ def condition_on_users(
         n_src = len(layer.src_nodes)
         n_states = len(state_node)
         # Expand each destination state into the in-edges of its node.
-        state_degree = indptr[state_node + 1] - indptr[state_node]
-        edge_state = torch.repeat_interleave(torch.arange(n_states), state_degree)
-        first = torch.cumsum(state_degree, 0) - state_degree
-        slot = indptr[state_node][edge_state] + torch.arange(len(edge_state)) - first[edge_state]
+        slot, edge_state = _in_edge_slots(indptr, state_node)
         edge_src, edge_rel = indices[slot], layer.rel[slot]
         if edge_filter is not None:
             src_entity = layer.src_nodes[edge_src]

@@ -356,8 +356,7 @@ class CTRTrainer(EpochTrainer):
         )
         for batch in bar:
             self.check_interrupt()
-            data_loss, penalty, aux = self._bpr_terms(batch) if self.bpr else self._bce_terms(batch)
-            loss = data_loss + sum(aux.values()) + self.cfg.train.l2 * penalty
+            loss, data_loss, aux = self.batch_loss(batch)
             self._step(self.optimizer, loss)
             self.rs_steps += 1
             totals.add("loss", data_loss, len(batch.labels))
@@ -376,6 +375,12 @@ class CTRTrainer(EpochTrainer):
         seed = derived_seed(self.cfg.seed, TRAIN_NEGATIVES_STREAM, epoch)
         generator = torch.Generator().manual_seed(seed)
         return resample_negatives(self.train_pairs, self._fresh_negatives, generator)
+
+    def batch_loss(self, batch: PairBatch):
+        """``(loss, data loss, aux terms)`` of a training batch: the objective's data loss
+        plus every ``aux`` term plus ``train.l2`` times the penalty."""
+        data_loss, penalty, aux = self._bpr_terms(batch) if self.bpr else self._bce_terms(batch)
+        return data_loss + sum(aux.values()) + self.cfg.train.l2 * penalty, data_loss, aux
 
     def _bce_terms(self, batch: PairBatch):
         output = self.score(batch)
